@@ -1,0 +1,76 @@
+"""The core of ldm-framework: interfaces, plugin hooks, registry, spec types and diffusion maths.
+
+``core`` knows no concrete model: components come from plugins (our own ``plugins``
+package included) through the entry-point group ``ldm``. Plugin authors need only what is
+exported here, plus :mod:`core.testing` for their tests.
+"""
+
+from core.conditioning import Conditioning, ConditioningShape
+from core.errors import PluginError, SpecError, UserError
+from core.hookspecs import hookimpl, hookspec
+from core.interfaces import (
+    INTERFACES,
+    Component,
+    Conditioner,
+    Dataset,
+    Denoiser,
+    ExampleShape,
+    FirstStage,
+    LatentShape,
+    Regularizer,
+    Sampler,
+)
+from core.loader import load_registry, make_plugin_manager
+from core.params import Params, SpecModel
+from core.registry import Registry
+from core.specs import (
+    SPEC_VERSION,
+    ComponentSpec,
+    ConditionerSpec,
+    DatasetSpec,
+    DenoiserSpec,
+    FirstStageSpec,
+    RegularizerSpec,
+    RuntimeSpec,
+    SamplerSpec,
+    TaskSpec,
+)
+from core.version import PLUGIN_API_VERSION, PluginAPIError, require_plugin_api
+
+__all__ = [
+    "INTERFACES",
+    "PLUGIN_API_VERSION",
+    "SPEC_VERSION",
+    "Component",
+    "ComponentSpec",
+    "Conditioner",
+    "ConditionerSpec",
+    "Conditioning",
+    "ConditioningShape",
+    "Dataset",
+    "DatasetSpec",
+    "Denoiser",
+    "DenoiserSpec",
+    "ExampleShape",
+    "FirstStage",
+    "FirstStageSpec",
+    "LatentShape",
+    "Params",
+    "PluginAPIError",
+    "PluginError",
+    "Regularizer",
+    "RegularizerSpec",
+    "Registry",
+    "RuntimeSpec",
+    "Sampler",
+    "SamplerSpec",
+    "SpecError",
+    "SpecModel",
+    "TaskSpec",
+    "UserError",
+    "hookimpl",
+    "hookspec",
+    "load_registry",
+    "make_plugin_manager",
+    "require_plugin_api",
+]

@@ -1,0 +1,223 @@
+"""The six component interfaces a plugin implements.
+
+Every concrete component class
+
+* sets ``Params`` to a :class:`core.Params` subclass (extra keys forbidden) and is built as
+  ``Component(params)`` from a validated instance of it;
+* declares, from its params alone and before anything is built, what it produces, through a
+  classmethod of its interface (:meth:`FirstStage.latent_shape`, :meth:`Conditioner.produces`,
+  :meth:`Conditioner.reads`, :meth:`Dataset.example_shape`). Builders use these to fill and
+  check the sizes of the parts that consume it.
+
+The module-based interfaces are plain :class:`torch.nn.Module` subclasses, tied to no trainer.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from core.conditioning import Conditioning, ConditioningShape
+from core.params import Params
+
+
+class Component:
+    """What every component shares: its ``Params`` class and the validated ``params``."""
+
+    Params: ClassVar[type[Params]] = Params
+
+    def __init__(self, params: Params) -> None:
+        super().__init__()
+        if not isinstance(params, type(self).Params):
+            raise TypeError(
+                f"{type(self).__name__} is built from {type(self).__name__}.Params, "
+                f"got {type(params).__name__}"
+            )
+        self.params = params
+
+
+@dataclass(frozen=True)
+class LatentShape:
+    """What a first stage makes of an image with ``image_channels`` channels.
+
+    A (B, image_channels, H, W) image becomes a (B, channels, H / factor, W / factor) latent.
+    """
+
+    channels: int
+    factor: int
+    image_channels: int = 3
+
+
+@dataclass(frozen=True)
+class ExampleShape:
+    """What every example of a dataset holds.
+
+    ``fields`` names the keys of each example (always ``"image"``, plus e.g. ``"label"``,
+    ``"caption"``, ``"segmentation"``); ``image_size`` is (H, W), or ``None`` when images
+    vary in size; ``image_channels`` is the image's channel count.
+    """
+
+    fields: frozenset[str]
+    image_size: tuple[int, int] | None
+    image_channels: int = 3
+
+
+class FirstStage(Component, nn.Module, abc.ABC):
+    """Perceptual compression: an image to a latent and back.
+
+    ``encode`` maps images (B, C_img, H, W), values in [-1, 1], to latents (B, c, H/f, W/f)
+    as diffusion sees them (for a VQ model: before quantisation); ``decode`` maps such a
+    latent back to an image (quantising first where the model has a codebook). c, f and
+    C_img are what :meth:`latent_shape` declares.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def latent_shape(cls, params: Params) -> LatentShape:
+        """The latent channels c, the factor f and the image channels, from params alone."""
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Images (B, C_img, H, W) in [-1, 1] -> latents (B, c, H/f, W/f)."""
+
+    @abc.abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents (B, c, h, w) -> images (B, C_img, h*f, w*f) in about [-1, 1]."""
+
+
+class Regularizer(Component, nn.Module, abc.ABC):
+    """Keeps a first stage's latent in check (KL towards N(0, I), or vector quantisation).
+
+    The encoder's last layer emits ``moment_channels(params, c)`` channels per position;
+    the regulariser turns them into a latent of c channels.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def moment_channels(cls, params: Params, latent_channels: int) -> int:
+        """How many channels the encoder must emit for a latent of ``latent_channels``."""
+
+    @abc.abstractmethod
+    def forward(self, moments: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Moments (B, m, h, w) -> (latent to decode in training (B, c, h, w), named loss terms).
+
+        Each loss term is a scalar, already reduced, before any weighting by the task.
+        """
+
+    @abc.abstractmethod
+    def latent(self, moments: Tensor) -> Tensor:
+        """Moments (B, m, h, w) -> the latent (B, c, h, w) that diffusion is trained on."""
+
+    @abc.abstractmethod
+    def quantize(self, z: Tensor) -> Tensor:
+        """A latent (B, c, h, w) made ready for the decoder (identity where nothing is quantised)."""
+
+
+class Denoiser(Component, nn.Module, abc.ABC):
+    """The network of the diffusion model, e.g. a time-conditional UNet.
+
+    ``forward(x, t, cond)`` takes the noisy latent x (B, c, h, w), the continuous timestep t
+    (B,) and a :class:`Conditioning` whose parts it was sized for (``concat`` channels join
+    x's, ``context`` is attended to, ``vector`` joins the time embedding), and returns a
+    tensor of x's shape holding the ``prediction`` it was trained for: ``"eps"`` (the noise),
+    ``"x0"`` (the clean latent) or ``"v"``.
+    """
+
+    prediction: str = "eps"
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """(B, c, h, w), (B,), Conditioning -> (B, c, h, w)."""
+
+
+class Conditioner(Component, nn.Module, abc.ABC):
+    """tau_theta: a condition y (a field of a training example) -> :class:`Conditioning`.
+
+    Contract, checked by :mod:`core.testing`:
+
+    * ``reads(params)`` names the example field it consumes (``"label"``, ``"caption"``...);
+      ``forward`` takes that field batched: a tensor with B as its first axis, or a list of B
+      items (e.g. strings).
+    * ``produces(params)`` declares the parts and widths of its output; ``forward`` returns
+      exactly those parts, on the input's device, in the module's floating dtype.
+    * ``unconditional(cond)`` returns its "no condition" output with the same parts and
+      shapes as ``cond``: an output of the conditioner (e.g. a learned null embedding), never
+      a fake input. Classifier-free guidance and condition dropout use it.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def reads(cls, params: Params) -> str:
+        """The name of the example field this conditioner consumes."""
+
+    @classmethod
+    @abc.abstractmethod
+    def produces(cls, params: Params) -> ConditioningShape:
+        """The parts of :class:`Conditioning` it returns and their widths, from params alone."""
+
+    @abc.abstractmethod
+    def forward(self, y: Any) -> Conditioning:
+        """A batch of the field :meth:`reads` names -> its conditioning (batch size B)."""
+
+    @abc.abstractmethod
+    def unconditional(self, cond: Conditioning) -> Conditioning:
+        """The "no condition" output shaped like ``cond`` (same parts, shapes, dtype, device)."""
+
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Sampler(Component, abc.ABC):
+    """A solver that turns noise into a sample by repeatedly calling a denoiser.
+
+    Samplers follow k-diffusion's convention, so that none of them knows the network's
+    parameterisation: ``denoise(x, sigma)`` maps a noisy x (B, ...) at noise levels sigma
+    (B,) to an estimate of the clean x; ``sigmas`` (n + 1,) is the decreasing sequence of
+    noise levels to visit, ending at 0; ``x`` is the start, already at noise level
+    ``sigmas[0]``.
+    """
+
+    @abc.abstractmethod
+    def sample(
+        self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Noise x (B, ...) at sigmas[0] -> sample (B, ...) at sigma 0. Randomness only from ``generator``."""
+
+
+class Dataset(Component, torch.utils.data.Dataset, abc.ABC):
+    """A source of training examples.
+
+    ``ds[i]`` is a dict holding at least ``"image"``, a float tensor (C, H, W) in [-1, 1],
+    plus the fields :meth:`example_shape` declares (``"label"``: an int, ``"caption"``: a
+    str, ``"segmentation"``: a long tensor (H, W) of class indices, ...). Examples are
+    deterministic: the same index always gives the same example.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def example_shape(cls, params: Params) -> ExampleShape:
+        """The fields, image size and channel count of every example, from params alone."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """The number of examples."""
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """The example at ``index`` as a dict of its fields."""
+
+
+INTERFACES: dict[str, type[Component]] = {
+    "first_stage": FirstStage,
+    "regularizer": Regularizer,
+    "denoiser": Denoiser,
+    "conditioner": Conditioner,
+    "sampler": Sampler,
+    "dataset": Dataset,
+}
+"""Each kind of component by the name specs and ``--list`` use for it."""

@@ -1,0 +1,16 @@
+"""The built-in components, registered through entry point ``builtin`` in group ``ldm``.
+
+This package imports only ``core``: it is a plugin like any third party's.
+"""
+
+from core import hookimpl
+
+
+@hookimpl
+def ldm_register(registry):
+    """Register every built-in component under the name specs use for it."""
+    from plugins.class_label import ClassLabel
+    from plugins.identity import IdentityFirstStage
+
+    registry.add("class_label", ClassLabel)
+    registry.add("identity", IdentityFirstStage)
