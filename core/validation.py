@@ -11,9 +11,8 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from typing import get_args
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from pydantic_core.core_schema import ErrorType

@@ -1,0 +1,68 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import load_registry
+from tasks.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture
+def registry():
+    """A fresh registry of the installed built-ins only (third-party autoload off)."""
+    return load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run the command line in process from a fresh working directory: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LDM_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory):
+    """A directory holding the example plugin distributions, installed with pip.
+
+    Put it on PYTHONPATH and their entry points are found, as after `pip install`; the test
+    environment itself is left as it was. Built offline from copies of the sources.
+    """
+    work = tmp_path_factory.mktemp("plugin-sources")
+    site = tmp_path_factory.mktemp("plugin-site")
+    sources = [shutil.copytree(EXAMPLE_PLUGINS / name, work / name) for name in ("ldm-plugin-example", "ldm-plugin-broken")]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "--target", str(site), *map(str, sources)],
+        check=True, capture_output=True, text=True,
+    )
+    return site
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run `python -m tasks.run` in a subprocess: (exit code, stdout, stderr)."""
+
+    def run(*argv, env=None):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.run", *map(str, argv)],
+            cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return run

@@ -1,0 +1,62 @@
+"""Our own components pass the same contract tests a plugin author runs."""
+
+import pytest
+import torch
+
+from core.testing import ConditionerContract, FirstStageContract
+from plugins.class_label import ClassLabel
+from plugins.identity import IdentityFirstStage
+
+
+class TestClassLabelContext(ConditionerContract):
+    component = ClassLabel
+    params = {"num_classes": 10, "dim": 8}
+
+    def example(self, batch_size, generator):
+        return torch.randint(0, 10, (batch_size,), generator=generator)
+
+
+class TestClassLabelVector(TestClassLabelContext):
+    params = {"num_classes": 10, "dim": 8, "output": "vector"}
+
+
+class TestIdentity(FirstStageContract):
+    component = IdentityFirstStage
+    params = {"channels": 3}
+
+
+def test_class_label_null_is_the_extra_learned_class():
+    module = ClassLabel(ClassLabel.Params(num_classes=4, dim=6))
+    null = module.unconditional(module(torch.tensor([0, 3])))
+    assert torch.equal(null.context[0, 0], module.embedding.weight[4])
+    assert torch.equal(null.context[1, 0], module.embedding.weight[4])
+    null.context.sum().backward()
+    assert module.embedding.weight.grad[4].abs().sum() > 0, "the null class must be trainable"
+    assert module.embedding.weight.grad[:4].abs().sum() == 0
+
+
+def test_class_label_refuses_labels_outside_its_classes():
+    module = ClassLabel(ClassLabel.Params(num_classes=4, dim=6))
+    with pytest.raises(ValueError, match=r"got class 4, outside \[0, 4\)"):
+        module(torch.tensor([1, 4]))
+
+
+def test_contract_catches_a_conditioner_that_breaks_its_declaration():
+    class Lying(ClassLabel):
+        @classmethod
+        def produces(cls, params):
+            from core import ConditioningShape
+            return ConditioningShape(context=params.dim + 1)
+
+    class Contract(TestClassLabelContext):
+        component = Lying
+
+    with pytest.raises(AssertionError, match="produces\\(\\) declares"):
+        Contract().test_output_parts_and_widths_as_declared()
+    with pytest.raises(AssertionError):
+        Contract().check_all()
+
+
+def test_component_refuses_params_of_another_class():
+    with pytest.raises(TypeError, match="built from ClassLabel.Params"):
+        ClassLabel({"num_classes": 3})
