@@ -1,7 +1,6 @@
 """The command line: exit codes, --list, --schema, --dry-run, --set and the inspect task."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +82,7 @@ def test_bad_set_and_missing_arguments_exit_2(cli):
 
 
 def test_module_and_console_script_run_the_same_command(tmp_path):
-    ldm = shutil.which("ldm") or str(Path(sys.executable).parent / "ldm")
+    ldm = str(Path(sys.executable).parent / "ldm")
     for command in ([sys.executable, "-m", "tasks.run"], [ldm]):
         proc = subprocess.run([*command, str(CONFIG), "--set", "conditioners.0.params.dim=foo"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
