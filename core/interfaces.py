@@ -89,6 +89,14 @@ class FirstStage(Component, nn.Module, abc.ABC):
     def decode(self, z: Tensor) -> Tensor:
         """Latents (B, c, h, w) -> images (B, C_img, h*f, w*f) in about [-1, 1]."""
 
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training pass: images (B, C_img, H, W) -> (reconstructions of that shape, loss terms).
+
+        The terms are the regulariser's (see :meth:`Regularizer.forward`); a first stage
+        without one returns ``decode(encode(x))`` and no terms.
+        """
+        return self.decode(self.encode(x)), {}
+
 
 class Regularizer(Component, nn.Module, abc.ABC):
     """Keeps a first stage's latent in check (KL towards N(0, I), or vector quantisation).
@@ -104,9 +112,11 @@ class Regularizer(Component, nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, moments: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Moments (B, m, h, w) -> (latent to decode in training (B, c, h, w), named loss terms).
+        """Moments (B, m, h, w) -> (latent to decode in training (B, c, h, w), named scalar terms).
 
-        Each loss term is a scalar, already reduced, before any weighting by the task.
+        ``terms["loss"]`` is the penalty to add to the training loss, already weighted by the
+        regulariser's own params; the other terms are diagnostics to log (e.g. the raw KL,
+        codebook perplexity). Each docstring states its reduction.
         """
 
     @abc.abstractmethod

@@ -44,7 +44,7 @@ class ComponentSpec(SpecModel):
 
     kind: ClassVar[str] = ""
     name: str = Field(description="A registered component name (see `--list`).")
-    params: Any = Field(default_factory=dict, description="The component's params.")
+    params: Any = Field(default_factory=dict, validate_default=True, description="The component's params.")
     _entry: Entry = PrivateAttr()
 
     @field_validator("name")

@@ -9,8 +9,14 @@ from core import hookimpl
 @hookimpl
 def ldm_register(registry):
     """Register every built-in component under the name specs use for it."""
+    from plugins.autoencoder import Autoencoder
     from plugins.class_label import ClassLabel
+    from plugins.digits import Digits
     from plugins.identity import IdentityFirstStage
+    from plugins.kl import KL
 
+    registry.add("autoencoder", Autoencoder)
     registry.add("class_label", ClassLabel)
+    registry.add("digits", Digits)
     registry.add("identity", IdentityFirstStage)
+    registry.add("kl", KL)

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TextIO
 
 from core import TaskSpec
-from core.registry import Registry
-from tasks import inspection
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a task gets besides its spec: the registry, where runs live, where to print."""
-
-    registry: Registry
-    runs_dir: Path
-    out: TextIO
+from tasks import inspection, train_autoencoder
+from tasks.context import RunContext
 
 
 @dataclass(frozen=True)
@@ -31,6 +20,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "inspect": Task(inspection.InspectSpec, inspection.run),
+    "train_autoencoder": Task(train_autoencoder.TrainAutoencoderSpec, train_autoencoder.run),
 }
 
 

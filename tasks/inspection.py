@@ -25,7 +25,7 @@ from core import (
 )
 
 if TYPE_CHECKING:
-    from tasks.catalog import RunContext
+    from tasks.context import RunContext
 
 
 class InspectSpec(TaskSpec):

@@ -1,7 +1,12 @@
 """``python -m tasks.run SPEC.json`` (also the ``ldm`` command): validate a spec, then run it.
 
-Exit codes: 0 done; 2 the input is wrong (one message naming the field, the value and the
-fix; nothing run, nothing written); 1 a failure while running.
+Exit codes: 0 done; 1 a failure while running; 2 the input is wrong (one message naming the
+field, the value and the fix; nothing run, nothing written); 3 stopped by SIGTERM or SIGINT
+after writing a checkpoint (``--resume`` continues).
+
+This module is also Lightning Fabric's launch target: a multi-process run re-runs the same
+command once per extra process, so nothing here has side effects before a task launches.
+Only global rank 0 prints.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from pathlib import Path
 from core import INTERFACES, UserError, load_registry
 from core.loader import AUTOLOAD_SWITCH, LoadedRegistry
 from core.validation import read_spec_file, task_schema, validate_task
-from tasks.catalog import TASKS, RunContext, spec_models
+from tasks.catalog import TASKS, spec_models
+from tasks.context import RunContext
+from tasks.engine import EXIT_INTERRUPTED, Interrupted, TrainingFailed
+from tasks.engine.runtime import is_rank_zero
 from tasks.overrides import resolve
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
@@ -33,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="override one field, e.g. --set train.max_steps=100 (VALUE is JSON, else a string); repeatable")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and print the resolved spec with every default filled in; build nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run named in the spec from its latest checkpoint")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                         help="where run directories live (default: ./runs)")
     parser.add_argument("--list", action="store_true", help="list every installed component by kind and exit")
@@ -54,6 +64,11 @@ def _list(registry: LoadedRegistry) -> str:
     return "\n".join(lines)
 
 
+def _say(prefix: str, exc: BaseException) -> None:
+    if is_rank_zero():
+        print(f"{prefix}: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
@@ -65,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             print(_list(registry))
             return EXIT_OK
-        for failure in registry.report.failed:
+        for failure in registry.report.failed if is_rank_zero() else ():
             print(f"warning: {failure}; its components are unavailable", file=sys.stderr)
         if args.schema:
             print(json.dumps(task_schema(spec_models(), registry), indent=2))
@@ -75,10 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(spec.model_dump_json(indent=2))
             return EXIT_OK
-        TASKS[spec.task].run(spec, RunContext(registry=registry, runs_dir=args.runs_dir, out=sys.stdout))
+        TASKS[spec.task].run(spec, RunContext(registry=registry, runs_dir=args.runs_dir, resume=args.resume))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say("error", exc)
         return EXIT_USER_ERROR
+    except Interrupted as exc:
+        _say("interrupted", exc)
+        return EXIT_INTERRUPTED
+    except TrainingFailed as exc:
+        _say("failed", exc)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -1,0 +1,109 @@
+"""``autoencoder``: the convolutional first stage of the paper, with a pluggable regulariser."""
+
+from __future__ import annotations
+
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from core import FirstStage, LatentShape, Params, RegularizerSpec
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv, twice, with a (1x1 where channels change) skip connection."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.GroupNorm(groups, c_out), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _head(c_in: int, c_out: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+
+
+class Autoencoder(FirstStage):
+    """Convolutional encoder/decoder with residual blocks; f = 2^(len(ch_mult) - 1)."""
+
+    class Params(Params):
+        in_channels: PositiveInt = Field(3, description="Image channels.")
+        ch: PositiveInt = Field(128, description="Base channel count.")
+        ch_mult: list[PositiveInt] = Field([1, 2, 4, 4], min_length=1,
+                                           description="Channel multiplier per level; each level after the first halves H and W.")
+        num_res_blocks: PositiveInt = 2
+        z_channels: PositiveInt = Field(4, description="Latent channels c.")
+        norm_groups: PositiveInt = Field(32, description="GroupNorm groups; must divide every level's channels.")
+        dropout: NonNegativeFloat = 0.0
+        regularizer: RegularizerSpec = Field(description='The latent\'s regulariser, e.g. {"name": "kl"}.')
+
+        @model_validator(mode="after")
+        def _groups_divide_channels(self) -> Autoencoder.Params:
+            widths = sorted({self.ch * m for m in self.ch_mult})
+            bad = [w for w in widths if w % self.norm_groups]
+            if bad:
+                divisors = [g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths)]
+                raise ValueError(
+                    f"norm_groups {self.norm_groups} does not divide the channel counts {bad} "
+                    f"(ch {self.ch} x ch_mult {self.ch_mult}); use norm_groups {divisors[0]} or change ch")
+            return self
+
+    @classmethod
+    def latent_shape(cls, params: Autoencoder.Params) -> LatentShape:
+        return LatentShape(channels=params.z_channels, factor=2 ** (len(params.ch_mult) - 1),
+                           image_channels=params.in_channels)
+
+    def __init__(self, params: Autoencoder.Params) -> None:
+        super().__init__(params)
+        p = params
+        self.regularizer = p.regularizer.build()
+        moments = p.regularizer.cls.moment_channels(p.regularizer.params, p.z_channels)
+        widths = [p.ch * m for m in p.ch_mult]
+        g, drop = p.norm_groups, p.dropout
+
+        down: list[nn.Module] = [nn.Conv2d(p.in_channels, widths[0], 3, padding=1)]
+        c = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(p.num_res_blocks):
+                down.append(ResBlock(c, width, g, drop))
+                c = width
+            if level < len(widths) - 1:
+                down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        down += [ResBlock(c, c, g, drop), ResBlock(c, c, g, drop), _head(c, moments, g)]
+        self.encoder = nn.Sequential(*down)
+
+        up: list[nn.Module] = [nn.Conv2d(p.z_channels, c, 3, padding=1), ResBlock(c, c, g, drop), ResBlock(c, c, g, drop)]
+        for level, width in reversed(list(enumerate(widths))):
+            for _ in range(p.num_res_blocks + 1):
+                up.append(ResBlock(c, width, g, drop))
+                c = width
+            if level > 0:
+                up.append(Upsample(c))
+        up.append(_head(c, p.in_channels, g))
+        self.decoder = nn.Sequential(*up)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.regularizer.latent(self.encoder(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(self.regularizer.quantize(z))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        z, terms = self.regularizer(self.encoder(x))
+        return self.decoder(z), terms

@@ -1,0 +1,53 @@
+"""An exponential moving average of a model's weights (decay with warm-up)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from tasks.engine.specs import EmaSpec
+
+
+class Ema:
+    """A frozen copy of ``model`` whose floating weights follow it as
+
+    ``ema <- decay_n * ema + (1 - decay_n) * weight`` after the n-th update, where ``decay_n``
+    is ``min(decay, (1 + n) / (10 + n))`` with warm-up (early weights are forgotten fast) and
+    ``decay`` without. Buffers that are not floating (counters) are copied.
+    """
+
+    def __init__(self, model: nn.Module, spec: EmaSpec) -> None:
+        self.spec = spec
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    def decay(self) -> float:
+        """The decay the next update will use."""
+        if not self.spec.warmup:
+            return self.spec.decay
+        return min(self.spec.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights."""
+        decay = self.decay()
+        current = model.state_dict()
+        for key, shadow in self.model.state_dict().items():
+            value = current[key].detach()
+            if shadow.is_floating_point():
+                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
+            else:
+                shadow.copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged weights, plus the update count under ``__ema_updates__``."""
+        return {**self.model.state_dict(), "__ema_updates__": torch.tensor(self.updates)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        state = dict(state)
+        self.updates = int(state.pop("__ema_updates__"))
+        self.model.load_state_dict(state, strict=True)

@@ -1,0 +1,73 @@
+"""Lightning Fabric from a spec's ``runtime``: checked against the machine, never silently changed.
+
+The checks run before :meth:`Fabric.launch`, which re-runs ``python -m tasks.run ...`` once
+per extra process: everything up to here must be free of side effects.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lightning_fabric import Fabric
+
+from core import RuntimeSpec, UserError
+
+
+def _refuse(field: str, value: object, why: str, fix: str) -> UserError:
+    return UserError(f"runtime.{field}: {value!r} {why}; {fix}")
+
+
+def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
+    """``runtime`` with every "auto" replaced by what will run; a :class:`UserError` if it cannot run here."""
+    cuda = torch.cuda.device_count()
+    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    accelerator = runtime.accelerator
+    if accelerator == "auto":
+        accelerator = "cuda" if cuda else "mps" if mps else "cpu"
+    elif accelerator == "gpu":
+        accelerator = "cuda" if cuda else "mps" if mps else "gpu"
+    if accelerator in ("cuda", "gpu") and not cuda:
+        raise _refuse("accelerator", runtime.accelerator, "needs a CUDA GPU and none is visible", "use \"cpu\" or \"auto\"")
+    if accelerator == "mps" and not mps:
+        raise _refuse("accelerator", runtime.accelerator, "needs Apple's MPS and it is not available", "use \"cpu\" or \"auto\"")
+    if accelerator == "cuda" and runtime.devices > cuda:
+        raise _refuse("devices", runtime.devices, f"exceeds the {cuda} visible CUDA device(s)", f"use at most {cuda}")
+    if accelerator == "mps" and runtime.devices > 1:
+        raise _refuse("devices", runtime.devices, "is more than MPS offers", "use 1")
+
+    processes = runtime.devices * runtime.num_nodes
+    strategy = runtime.strategy
+    if strategy == "auto":
+        strategy = "ddp" if processes > 1 else "single_device"
+    if strategy == "single_device" and processes > 1:
+        raise _refuse("strategy", strategy, f"runs one process but devices x num_nodes is {processes}",
+                      "use \"ddp\" or \"auto\", or set devices to 1")
+    if strategy == "fsdp":
+        # FSDP shards the weights; our checkpoint writer saves whole state dicts, and the two
+        # are not joined yet, so refuse rather than write checkpoints that cannot be resumed.
+        raise _refuse("strategy", strategy, "is not supported by this version's checkpoints",
+                      "use \"ddp\" (every process holds the whole model)")
+    if runtime.precision == "16-mixed" and accelerator == "cpu":
+        raise _refuse("precision", runtime.precision, "needs a GPU (CPUs have no float16 autocast)",
+                      "use \"bf16-mixed\" or \"32-true\" on a CPU")
+    if runtime.precision == "bf16-mixed" and accelerator == "cuda" and not torch.cuda.is_bf16_supported():
+        raise _refuse("precision", runtime.precision, "is not supported by this GPU", "use \"16-mixed\" or \"32-true\"")
+    return runtime.model_copy(update={"accelerator": accelerator, "strategy": strategy})
+
+
+def make_fabric(runtime: RuntimeSpec) -> Fabric:
+    """A Fabric for an already resolved ``runtime`` (see :func:`resolve_runtime`); not launched yet."""
+    return Fabric(
+        accelerator=runtime.accelerator,
+        devices=runtime.devices,
+        num_nodes=runtime.num_nodes,
+        # Fabric has no name for its single-device strategy; "auto" picks it for one process.
+        strategy="auto" if runtime.strategy == "single_device" else runtime.strategy,
+        precision=runtime.precision,
+    )
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (by the variables the launcher sets), before Fabric exists."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"

@@ -1,0 +1,277 @@
+"""The one training loop every training task runs, on Lightning Fabric.
+
+A task describes what it trains as an :class:`Objective` (its models, their optimisers and
+their losses); :func:`train` does the rest: processes and devices, the run directory,
+seeding, data, gradient accumulation and clipping, learning-rate schedules, EMA, logging,
+checkpoints, ``--resume``, ``init_from``, signals and non-finite losses.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import Tensor, nn
+
+from core import Dataset, UserError
+from tasks.context import RunContext
+from tasks.engine.checkpoint import (
+    Checkpoints,
+    TrainingState,
+    capture_rng,
+    load_weights,
+    read_state,
+    read_weights,
+    restore_rng,
+)
+from tasks.engine.data import StepBatches, make_loader
+from tasks.engine.ema import Ema
+from tasks.engine.monitor import Monitor
+from tasks.engine.optim import learning_rate, make_optimizer, set_learning_rate
+from tasks.engine.rundir import RunDir, check_run_dir, environment_stamp, open_run_dir
+from tasks.engine.runtime import make_fabric, resolve_runtime
+from tasks.engine.specs import OptimizerSpec, TrainingTaskSpec
+
+EXIT_INTERRUPTED = 3
+"""The exit code of a run stopped by SIGTERM or SIGINT after writing its checkpoint."""
+
+
+class Interrupted(Exception):
+    """A signal stopped the run at a step boundary, after its checkpoint was written."""
+
+
+class TrainingFailed(Exception):
+    """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
+
+
+class Objective(abc.ABC):
+    """What a training task trains, as the engine needs it.
+
+    ``nets`` holds the trainable models by name; each has one optimiser (see
+    :meth:`optimizers`) and its weights are saved under that name. The engine replaces each
+    entry by its Fabric-wrapped version before training: losses must call ``self.nets[name]``.
+    """
+
+    def __init__(self) -> None:
+        self.nets: dict[str, nn.Module] = {}
+
+    @abc.abstractmethod
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        """The optimiser of each model in ``nets``, in the order they are updated each step."""
+
+    @abc.abstractmethod
+    def loss(self, name: str, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The scalar loss that optimiser ``name`` minimises on one micro-batch at ``step``
+        (0-based), and named scalar terms to log."""
+
+    def setup(self, fabric: Fabric) -> None:
+        """Move whatever is not in ``nets`` (frozen models, constants) to ``fabric.device``."""
+
+    def images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Image batches (B, C, H, W) in [-1, 1] to log as grids, by name (e.g. reconstructions)."""
+        return {}
+
+
+class _StopFlag:
+    """Remembers a SIGTERM or SIGINT until the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _agree(fabric: Fabric, *flags: bool) -> list[bool]:
+    """Each flag, true on every process if it is true on any (one message each, no collective per flag)."""
+    if fabric.world_size == 1:
+        return list(flags)
+    total = fabric.all_reduce(torch.tensor([float(f) for f in flags], device=fabric.device), reduce_op="sum")
+    return [bool(v > 0) for v in total.tolist()]
+
+
+def _mean_over_processes(fabric: Fabric, values: dict[str, float]) -> dict[str, float]:
+    if fabric.world_size == 1 or not values:
+        return values
+    keys = sorted(values)
+    total = fabric.all_reduce(torch.tensor([values[k] for k in keys], device=fabric.device), reduce_op="mean")
+    return dict(zip(keys, total.tolist()))
+
+
+def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]) -> tuple[RunDir, Path | None, list[Path]]:
+    """Rank 0's checks before anything is written: the run directory, the checkpoint to resume,
+    the runs ``init_from`` reads. Raises :class:`UserError`."""
+    run = check_run_dir(ctx.runs_dir, spec.name, resolved, ctx.resume)
+    resume_from = Checkpoints(run.checkpoints, spec.train.keep_checkpoints).latest() if ctx.resume else None
+    reads = []
+    if spec.train.init_from is not None and resume_from is None:
+        source = ctx.runs_dir / spec.train.init_from.run
+        latest = Checkpoints(source / "checkpoints", 1).latest()
+        if latest is None:
+            raise UserError(f"train.init_from.run: {spec.train.init_from.run!r} has no checkpoint in "
+                            f"{str(source / 'checkpoints')!r}; train it first or name another run")
+        reads.append(latest)
+    return run, resume_from, reads
+
+
+def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTaskSpec, Dataset], Objective]) -> Path:
+    """Run ``spec``'s training to ``train.max_steps``; return the last checkpoint's path.
+
+    Raises :class:`UserError` for input that cannot work (before writing anything),
+    :class:`Interrupted` after a signal, :class:`TrainingFailed` on a non-finite loss.
+    """
+    runtime = resolve_runtime(spec.runtime)
+    spec = spec.model_copy(update={"runtime": runtime})
+    resolved = spec.model_dump(mode="json")
+    fabric = make_fabric(runtime)
+    fabric.launch()
+
+    verdict: tuple[str, Any] = ("ok", None)
+    if fabric.is_global_zero:
+        try:
+            verdict = ("ok", _prepare_run(spec, ctx, resolved))
+        except UserError as exc:
+            verdict = ("error", str(exc))
+    verdict = fabric.broadcast(verdict, src=0)
+    if verdict[0] == "error":
+        raise UserError(verdict[1])
+    run, resume_from, reads = verdict[1]
+    if fabric.is_global_zero:
+        stamp = environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads])
+        open_run_dir(run, resolved, stamp)
+    fabric.barrier()
+
+    cfg = spec.train
+    fabric.seed_everything(spec.seed, verbose=False)  # every process builds the same weights
+    dataset = spec.data.build()
+    objective = build(spec, dataset)
+    originals = dict(objective.nets)
+    for path in reads:
+        for name, module in originals.items():
+            load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})")
+    emas = {name: Ema(module, cfg.ema) for name, module in originals.items()} if cfg.ema else {}
+    specs = objective.optimizers()
+    optimizers = {}
+    for name, opt_spec in specs.items():
+        module, optimizers[name] = fabric.setup(originals[name], make_optimizer(opt_spec, originals[name]))
+        objective.nets[name] = module
+    for ema in emas.values():
+        fabric.to_device(ema.model)
+    objective.setup(fabric)
+
+    start = 0
+    if resume_from is not None:
+        state = read_state(resume_from)
+        for name, module in originals.items():
+            load_weights(module, state.models[name], f"{resume_from} ({name})")
+            if name in emas:
+                emas[name].load_state_dict(state.ema[name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state.optimizers[name])
+        restore_rng(state.rng[fabric.global_rank])
+        start = state.step
+    else:
+        fabric.seed_everything(spec.seed * 7919 + 101 + fabric.global_rank, verbose=False)
+
+    checkpoints = Checkpoints(run.checkpoints, cfg.keep_checkpoints)
+    batches = StepBatches(len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed,
+                          start=start * cfg.accumulate)
+    loader = iter(make_loader(dataset, batches, cfg.num_workers, spec.seed))
+    monitor = Monitor(run, resolved, start, cfg.max_steps, enabled=fabric.is_global_zero)
+    fp16 = runtime.precision == "16-mixed"
+    last = resume_from
+
+    def save(step: int) -> Path:
+        rngs = [capture_rng()]
+        if fabric.world_size > 1:
+            rngs = [None] * fabric.world_size
+            torch.distributed.all_gather_object(rngs, capture_rng())
+        path = checkpoints.path_for(step)
+        if fabric.is_global_zero:
+            checkpoints.save(TrainingState(
+                step=step, data_position=step * cfg.accumulate,
+                models={n: m.state_dict() for n, m in originals.items()},
+                ema={n: e.state_dict() for n, e in emas.items()},
+                optimizers={n: o.state_dict() for n, o in optimizers.items()},
+                rng=rngs,
+            ))
+        fabric.barrier()
+        return path
+
+    try:
+        with _StopFlag() as stop:
+            tick, ticked = time.perf_counter(), start
+            for step in range(start, cfg.max_steps):
+                micro = [fabric.to_device(next(loader)) for _ in range(cfg.accumulate)]
+                logs: dict[str, float] = {}
+                for name, optimizer in optimizers.items():
+                    lr = learning_rate(specs[name], step, cfg.max_steps)
+                    set_learning_rate(optimizer, lr)
+                    for other in optimizers.values():
+                        other.zero_grad(set_to_none=True)
+                    terms: dict[str, float] = {}
+                    loss_total = 0.0
+                    for i, batch in enumerate(micro):
+                        with fabric.no_backward_sync(objective.nets[name], enabled=i < cfg.accumulate - 1):
+                            loss, parts = objective.loss(name, batch, step)
+                            fabric.backward(loss / cfg.accumulate)
+                        loss_total += loss.item() / cfg.accumulate
+                        for key, value in parts.items():
+                            terms[key] = terms.get(key, 0.0) + float(value) / cfg.accumulate
+                    norm = fabric.clip_gradients(objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf)
+                    bad_loss, bad_norm = _agree(fabric, not math.isfinite(loss_total), not fp16 and not torch.isfinite(norm))
+                    if bad_loss or bad_norm:
+                        what = "loss" if bad_loss else "gradient norm"
+                        kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
+                        raise TrainingFailed(
+                            f"the {what} of {name!r} is not finite at step {step + 1} (terms: "
+                            f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); stopped before updating "
+                            f"the weights; {kept}; lower the learning rate or check the data")
+                    optimizer.step()
+                    if name in emas:
+                        emas[name].update(originals[name])
+                    logs[f"loss/{name}"] = loss_total
+                    logs.update({f"loss/{name}/{k}": v for k, v in terms.items()})
+                    logs[f"lr/{name}"] = lr
+                    logs[f"grad_norm/{name}"] = float(norm)
+                done = step + 1
+                monitor.advance()
+                if done % cfg.log_every == 0 or done == cfg.max_steps:
+                    now = time.perf_counter()
+                    rate = (done - ticked) / max(now - tick, 1e-9)
+                    tick, ticked = now, done
+                    logs = _mean_over_processes(fabric, logs)
+                    logs["throughput/steps_per_s"] = rate
+                    logs["throughput/examples_per_s"] = rate * cfg.batch_size * cfg.accumulate * fabric.world_size
+                    monitor.scalars(done, logs)
+                if cfg.image_every and done % cfg.image_every == 0:
+                    with torch.no_grad():
+                        for tag, images in objective.images(micro[0]).items():
+                            monitor.images(done, tag, images)
+                [stopping] = _agree(fabric, stop.signum is not None)
+                if stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                    last = save(done)
+                if stopping:
+                    cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
+                    raise Interrupted(f"stopped by {cause} at step {done}; checkpoint {str(last)!r} written; "
+                                      "continue with --resume")
+    finally:
+        monitor.close()
+    return last
