@@ -61,9 +61,21 @@ class ComponentContract:
     component: ClassVar[type[Component]]
     params: ClassVar[dict[str, Any] | Params] = {}
 
+    def context(self) -> dict[str, Any]:
+        """Validation context: the registry of every installed plugin, so that params may name
+        other components (e.g. an autoencoder's regulariser)."""
+        from core.loader import load_registry
+
+        cls = type(self)
+        if "_registry" not in cls.__dict__:
+            cls._registry = load_registry()
+        return {"registry": cls._registry}
+
     def validated_params(self) -> Params:
         """``params`` validated by the component's own ``Params``."""
-        return self.params if isinstance(self.params, Params) else self.component.Params.model_validate(self.params)
+        if isinstance(self.params, Params):
+            return self.params
+        return self.component.Params.model_validate(self.params, context=self.context())
 
     def build(self, seed: int = SEED) -> Component:
         """The component built under ``seed``, in eval mode (no dropout noise in comparisons)."""
@@ -90,9 +102,10 @@ class ComponentContract:
         cls = self.component.Params
         assert issubclass(cls, Params), f"{self.component.__name__}.Params must derive from core.Params"
         params = self.validated_params()
-        assert cls.model_validate(params.model_dump()) == params, "params do not survive model_dump/model_validate"
+        again = cls.model_validate(params.model_dump(), context=self.context())
+        assert again == params, "params do not survive model_dump/model_validate"
         try:
-            cls.model_validate({**params.model_dump(), "surely_not_a_param": 1})
+            cls.model_validate({**params.model_dump(), "surely_not_a_param": 1}, context=self.context())
         except ValidationError:
             pass
         else:

@@ -66,3 +66,27 @@ def run_cli(tmp_path):
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
+
+
+TINY_AE = {
+    "task": "train_autoencoder",
+    "name": "ae",
+    "seed": 0,
+    "runtime": {"accelerator": "cpu"},
+    "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
+    "model": {"name": "autoencoder", "params": {
+        "in_channels": 1, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 2, "norm_groups": 4,
+        "regularizer": {"name": "kl"}}},
+    "train": {"max_steps": 6, "batch_size": 8, "log_every": 1, "checkpoint_every": 3, "keep_checkpoints": 2,
+              "optimizer": {"lr": 0.001, "warmup_steps": 2}},
+}
+
+
+@pytest.fixture
+def ae_spec(tmp_path):
+    """The path of a tiny train_autoencoder spec (about 7k parameters, 8 px digits)."""
+    import json
+
+    path = tmp_path / "ae.json"
+    path.write_text(json.dumps(TINY_AE))
+    return path

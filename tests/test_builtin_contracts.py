@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from core.testing import ConditionerContract, FirstStageContract
+from plugins.autoencoder import Autoencoder
 from plugins.class_label import ClassLabel
+from plugins.digits import Digits
 from plugins.identity import IdentityFirstStage
+from plugins.kl import KL
 
 
 class TestClassLabelContext(ConditionerContract):
@@ -60,3 +63,29 @@ def test_contract_catches_a_conditioner_that_breaks_its_declaration():
 def test_component_refuses_params_of_another_class():
     with pytest.raises(TypeError, match="built from ClassLabel.Params"):
         ClassLabel({"num_classes": 3})
+
+
+class TestAutoencoderKL(FirstStageContract):
+    component = Autoencoder
+    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
+              "regularizer": {"name": "kl", "params": {"sample": False}}}
+
+
+def test_kl_penalty_is_summed_over_latent_elements_and_averaged_over_the_batch():
+    kl = KL(KL.Params(weight=0.5, sample=False))
+    moments = torch.zeros(2, 4, 3, 3)  # mean 0, log-variance 0: KL 0
+    moments[0, 0, 0, 0] = 2.0  # one mean of 2 in the first example: KL 0.5 * 4 = 2
+    z, terms = kl(moments)
+    assert torch.equal(z, moments[:, :2])
+    assert terms["kl"].item() == pytest.approx(1.0) and terms["loss"].item() == pytest.approx(0.5)
+
+
+def test_digits_are_the_bundled_set_resized_with_labels():
+    train = Digits(Digits.Params(size=16, channels=3, split="train"))
+    test = Digits(Digits.Params(size=16, channels=1, split="test"))
+    assert len(train) + len(test) == 1797 and len(test) == 180
+    example = train[0]
+    assert example["image"].shape == (3, 16, 16) and isinstance(example["label"], int)
+    assert example["image"].min() >= -1 and example["image"].max() <= 1
+    assert torch.equal(example["image"][0], example["image"][2]), "grey repeated as RGB"
+    assert Digits.example_shape(train.params).fields == {"image", "label"}

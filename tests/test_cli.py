@@ -52,7 +52,8 @@ def test_list_shows_builtins_by_kind_with_their_origin(cli):
 def test_schema_is_json_with_component_params(cli):
     code, out, _ = cli("--schema")
     assert code == 0
-    assert json.loads(out)["$defs"]["FirstStageSpec"]["oneOf"][0]["properties"]["name"]["const"] == "identity"
+    choices = json.loads(out)["$defs"]["FirstStageSpec"]["oneOf"]
+    assert [c["properties"]["name"]["const"] for c in choices] == ["autoencoder", "identity"]
 
 
 def test_user_errors_exit_2_with_one_message_and_no_traceback(cli, tmp_path):

@@ -153,10 +153,6 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     if verdict[0] == "error":
         raise UserError(verdict[1])
     run, resume_from, reads = verdict[1]
-    if fabric.is_global_zero:
-        stamp = environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads])
-        open_run_dir(run, resolved, stamp)
-    fabric.barrier()
 
     cfg = spec.train
     fabric.seed_everything(spec.seed, verbose=False)  # every process builds the same weights
@@ -193,6 +189,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     checkpoints = Checkpoints(run.checkpoints, cfg.keep_checkpoints)
     batches = StepBatches(len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed,
                           start=start * cfg.accumulate)
+    # Every check that can refuse the run has passed: only now is anything written.
+    if fabric.is_global_zero:
+        open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads]))
+    fabric.barrier()
     loader = iter(make_loader(dataset, batches, cfg.num_workers, spec.seed))
     monitor = Monitor(run, resolved, start, cfg.max_steps, enabled=fabric.is_global_zero)
     fp16 = runtime.precision == "16-mixed"
@@ -235,7 +235,9 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                         loss_total += loss.item() / cfg.accumulate
                         for key, value in parts.items():
                             terms[key] = terms.get(key, 0.0) + float(value) / cfg.accumulate
-                    norm = fabric.clip_gradients(objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf)
+                    # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
+                    norm = fabric.clip_gradients(objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf,
+                                                 error_if_nonfinite=False)
                     bad_loss, bad_norm = _agree(fabric, not math.isfinite(loss_total), not fp16 and not torch.isfinite(norm))
                     if bad_loss or bad_norm:
                         what = "loss" if bad_loss else "gradient norm"
