@@ -13,7 +13,7 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from core import Dataset, FirstStageSpec, SpecModel
+from core import FirstStageSpec, SpecModel
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
 

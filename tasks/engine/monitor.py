@@ -12,17 +12,8 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from tasks.engine.rundir import RunDir, atomic_write
+from tasks.engine.rundir import RunDir, atomic_write, flatten
 from tasks.images import make_grid, save_png
-
-
-def _flat_hparams(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flat_hparams(item, f"{prefix}{key}/"))
-        return flat
-    return {prefix[:-1]: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)}
 
 
 class Monitor:
@@ -43,7 +34,10 @@ class Monitor:
         self.metrics = open(run.metrics, "a", encoding="utf-8")
         if start == 0:
             self.writer.add_text("spec", f"```json\n{json.dumps(spec, indent=2)}\n```")
-            self.writer.add_hparams(_flat_hparams(spec), {}, run_name=".")
+            # TensorBoard's hparams take scalars and strings only: lists and nulls go as JSON.
+            hparams = {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                       for key, value in flatten(spec).items()}
+            self.writer.add_hparams(hparams, {}, run_name=".")
         self.bar = tqdm(total=max_steps, initial=start, desc=run.root.name, unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

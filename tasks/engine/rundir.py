@@ -72,18 +72,19 @@ def sweep_partial(directory: Path) -> list[Path]:
     return found
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level with dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}{key}."))
+            flat.update(flatten(item, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: value}
 
 
 def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"field: old -> new"`` for every field that differs between two resolved specs."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
 
     def show(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key]) if key in flat else "(absent)"

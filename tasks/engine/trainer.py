@@ -172,7 +172,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
         fabric.to_device(ema.model)
     objective.setup(fabric)
 
-    start = 0
+    start, position = 0, 0
     if resume_from is not None:
         state = read_state(resume_from)
         for name, module in originals.items():
@@ -182,13 +182,13 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state.optimizers[name])
         restore_rng(state.rng[fabric.global_rank])
-        start = state.step
+        start, position = state.step, state.data_position
     else:
         fabric.seed_everything(spec.seed * 7919 + 101 + fabric.global_rank, verbose=False)
 
     checkpoints = Checkpoints(run.checkpoints, cfg.keep_checkpoints)
     batches = StepBatches(len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed,
-                          start=start * cfg.accumulate)
+                          start=position)
     # Every check that can refuse the run has passed: only now is anything written.
     if fabric.is_global_zero:
         open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads]))
