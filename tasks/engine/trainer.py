@@ -115,6 +115,24 @@ def _mean_over_processes(fabric: Fabric, values: dict[str, float]) -> dict[str, 
     return dict(zip(keys, total.tolist()))
 
 
+def _backward(fabric: Fabric, objective: Objective, name: str, micro: list[dict[str, Any]],
+              step: int) -> tuple[float, dict[str, float]]:
+    """Accumulate the gradients of optimiser ``name``'s loss over the micro-batches.
+
+    Processes synchronise gradients only on the last micro-batch. Returns the loss and its
+    terms, averaged over the micro-batches.
+    """
+    total, terms = 0.0, {}
+    for i, batch in enumerate(micro):
+        with fabric.no_backward_sync(objective.nets[name], enabled=i < len(micro) - 1):
+            loss, parts = objective.loss(name, batch, step)
+            fabric.backward(loss / len(micro))
+        total += loss.item() / len(micro)
+        for key, value in parts.items():
+            terms[key] = terms.get(key, 0.0) + float(value) / len(micro)
+    return total, terms
+
+
 def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]) -> tuple[RunDir, Path | None, list[Path]]:
     """Rank 0's checks before anything is written: the run directory, the checkpoint to resume,
     the runs ``init_from`` reads. Raises :class:`UserError`."""
@@ -226,15 +244,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                     set_learning_rate(optimizer, lr)
                     for other in optimizers.values():
                         other.zero_grad(set_to_none=True)
-                    terms: dict[str, float] = {}
-                    loss_total = 0.0
-                    for i, batch in enumerate(micro):
-                        with fabric.no_backward_sync(objective.nets[name], enabled=i < cfg.accumulate - 1):
-                            loss, parts = objective.loss(name, batch, step)
-                            fabric.backward(loss / cfg.accumulate)
-                        loss_total += loss.item() / cfg.accumulate
-                        for key, value in parts.items():
-                            terms[key] = terms.get(key, 0.0) + float(value) / cfg.accumulate
+                    loss_total, terms = _backward(fabric, objective, name, micro, step)
                     # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
                     norm = fabric.clip_gradients(objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf,
                                                  error_if_nonfinite=False)
