@@ -14,9 +14,11 @@ def ldm_register(registry):
     from plugins.digits import Digits
     from plugins.identity import IdentityFirstStage
     from plugins.kl import KL
+    from plugins.shapes import Shapes
 
     registry.add("autoencoder", Autoencoder)
     registry.add("class_label", ClassLabel)
     registry.add("digits", Digits)
     registry.add("identity", IdentityFirstStage)
     registry.add("kl", KL)
+    registry.add("shapes", Shapes)

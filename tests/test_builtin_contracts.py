@@ -6,7 +6,6 @@ import torch
 from core.testing import ConditionerContract, FirstStageContract
 from plugins.autoencoder import Autoencoder
 from plugins.class_label import ClassLabel
-from plugins.digits import Digits
 from plugins.identity import IdentityFirstStage
 from plugins.kl import KL
 
@@ -78,14 +77,3 @@ def test_kl_penalty_is_summed_over_latent_elements_and_averaged_over_the_batch()
     z, terms = kl(moments)
     assert torch.equal(z, moments[:, :2])
     assert terms["kl"].item() == pytest.approx(1.0) and terms["loss"].item() == pytest.approx(0.5)
-
-
-def test_digits_are_the_bundled_set_resized_with_labels():
-    train = Digits(Digits.Params(size=16, channels=3, split="train"))
-    test = Digits(Digits.Params(size=16, channels=1, split="test"))
-    assert len(train) + len(test) == 1797 and len(test) == 180
-    example = train[0]
-    assert example["image"].shape == (3, 16, 16) and isinstance(example["label"], int)
-    assert example["image"].min() >= -1 and example["image"].max() <= 1
-    assert torch.equal(example["image"][0], example["image"][2]), "grey repeated as RGB"
-    assert Digits.example_shape(train.params).fields == {"image", "label"}

@@ -1,0 +1,109 @@
+"""``shapes``: images of coloured shapes made by code, with labels, captions and maps that agree.
+
+Example i is drawn from a generator seeded by (seed, i) alone, so every example is the same
+on every machine and every run, and nothing is stored or downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from core import Dataset, ExampleShape
+from core.data import DataParams, fields_with_lowres, split_indices, with_lowres
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1),
+    "yellow": (1, 1, 0), "magenta": (1, 0, 1), "cyan": (0, 1, 1),
+}
+NUM_CLASSES = len(SHAPES) * len(COLOURS)
+"""Labels: colour index x 3 + shape index of the first object (red circle 0 ... cyan triangle 17)."""
+
+
+def _mask(shape: str, size: int, top: int, left: int, side: int) -> np.ndarray:
+    """A boolean (size, size) mask of one shape filling the square box at (top, left) of ``side``."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    y, x = (ys - top) / side, (xs - left) / side  # box coordinates in [0, 1]
+    inside = (y >= 0) & (y <= 1) & (x >= 0) & (x <= 1)
+    if shape == "square":
+        return inside
+    if shape == "circle":
+        return (y - 0.5) ** 2 + (x - 0.5) ** 2 <= 0.25
+    # An upward triangle: apex at the top middle, base along the bottom of the box.
+    return inside & (np.abs(x - 0.5) <= y / 2)
+
+
+class Shapes(Dataset):
+    """Procedural shapes: 1-2 circles, squares or triangles in 6 pure colours, with captions and maps."""
+
+    class Params(DataParams):
+        size: PositiveInt = Field(32, ge=8, description="Side of the square images.")
+        num_examples: PositiveInt = Field(5000, description="How many examples (before the split).")
+        max_objects: Literal[1, 2] = Field(2, description="Objects per image: 1, or 1 to 2 at random.")
+        min_extent: float = Field(0.3, gt=0, le=1, description="Smallest object side, as a fraction of the image side.")
+        max_extent: float = Field(0.6, gt=0, le=1, description="Largest object side, as a fraction of the image side.")
+        seed: int = Field(0, description="Which set of images (example i depends on seed and i only).")
+
+        @model_validator(mode="after")
+        def _extents(self) -> Shapes.Params:
+            if self.min_extent > self.max_extent:
+                raise ValueError(f"min_extent {self.min_extent} is above max_extent {self.max_extent}; swap them")
+            if self.max_objects == 2 and 2 * self.min_extent > 1:
+                raise ValueError(f"two objects of min_extent {self.min_extent} cannot sit side by side; "
+                                 "use min_extent <= 0.5 or max_objects 1")
+            return self
+
+    @classmethod
+    def example_shape(cls, params: Shapes.Params) -> ExampleShape:
+        return ExampleShape(fields=fields_with_lowres({"image", "label", "caption", "segmentation"}, params),
+                            image_size=(params.size, params.size), image_channels=3)
+
+    def __init__(self, params: Shapes.Params) -> None:
+        super().__init__(params)
+        self.indices = split_indices(params.num_examples, params)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _place(self, rng: np.random.Generator, boxes: list[tuple[int, int, int]]) -> tuple[int, int, int] | None:
+        """A box (top, left, side) inside the image a pixel's gap away from ``boxes``, or ``None``
+        when 100 draws found none (a large first object can leave no room for a second)."""
+        p, size = self.params, self.params.size
+        lo, hi = max(1, round(p.min_extent * size)), max(1, round(p.max_extent * size))
+        for _ in range(100):
+            side = int(rng.integers(lo, hi + 1))
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            if all(top + side < t or t + s < top or left + side < lf or lf + s < left for t, lf, s in boxes):
+                return top, left, side
+        return None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        p = self.params
+        rng = np.random.default_rng([p.seed, int(self.indices[index])])
+        image = np.zeros((3, p.size, p.size), dtype=np.float32)
+        segmentation = np.zeros((p.size, p.size), dtype=np.int64)
+        boxes: list[tuple[int, int, int]] = []
+        words = []
+        for _ in range(1 if p.max_objects == 1 else int(rng.integers(1, 3))):
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            box = self._place(rng, boxes)
+            if box is None:
+                break
+            boxes.append(box)
+            mask = _mask(shape, p.size, *box)
+            image[:, mask] = np.asarray(COLOURS[colour], dtype=np.float32)[:, None]
+            segmentation[mask] = SHAPES.index(shape) + 1
+            words.append((colour, shape))
+        first_colour, first_shape = words[0]
+        example = {
+            "image": torch.from_numpy(image * 2 - 1),
+            "label": list(COLOURS).index(first_colour) * len(SHAPES) + SHAPES.index(first_shape),
+            "caption": " and ".join(f"a {colour} {shape}" for colour, shape in words),
+            "segmentation": torch.from_numpy(segmentation),
+        }
+        return with_lowres(example, p)
