@@ -101,9 +101,14 @@ class FirstStage(Component, nn.Module, abc.ABC):
 class Regularizer(Component, nn.Module, abc.ABC):
     """Keeps a first stage's latent in check (KL towards N(0, I), or vector quantisation).
 
-    The encoder's last layer emits ``moment_channels(params, c)`` channels per position;
-    the regulariser turns them into a latent of c channels.
+    A first stage builds its regulariser as ``cls(params, latent_channels=c)``. The encoder's
+    last layer emits ``moment_channels(params, c)`` channels per position; the regulariser
+    turns them into a latent of c channels.
     """
+
+    def __init__(self, params: Params, latent_channels: int) -> None:
+        super().__init__(params)
+        self.latent_channels = latent_channels
 
     @classmethod
     @abc.abstractmethod

@@ -84,9 +84,13 @@ class ComponentSpec(SpecModel):
         """The component class this spec names."""
         return self._entry.cls
 
-    def build(self) -> Component:
-        """A new instance of the component, built from the validated params."""
-        return self._entry.cls(self.params)
+    def build(self, **context: Any) -> Component:
+        """A new instance of the component, built from the validated params.
+
+        ``context`` holds what the interface's constructor takes besides params (e.g. a
+        regulariser's ``latent_channels``).
+        """
+        return self._entry.cls(self.params, **context)
 
 
 def _kind_spec(kind: str, title: str) -> type[ComponentSpec]:

@@ -15,6 +15,7 @@ def ldm_register(registry):
     from plugins.identity import IdentityFirstStage
     from plugins.kl import KL
     from plugins.shapes import Shapes
+    from plugins.vq import VQ
 
     registry.add("autoencoder", Autoencoder)
     registry.add("class_label", ClassLabel)
@@ -22,3 +23,4 @@ def ldm_register(registry):
     registry.add("identity", IdentityFirstStage)
     registry.add("kl", KL)
     registry.add("shapes", Shapes)
+    registry.add("vq", VQ)

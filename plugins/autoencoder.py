@@ -72,7 +72,7 @@ class Autoencoder(FirstStage):
     def __init__(self, params: Autoencoder.Params) -> None:
         super().__init__(params)
         p = params
-        self.regularizer = p.regularizer.build()
+        self.regularizer = p.regularizer.build(latent_channels=p.z_channels)
         moments = p.regularizer.cls.moment_channels(p.regularizer.params, p.z_channels)
         widths = [p.ch * m for m in p.ch_mult]
         g, drop = p.norm_groups, p.dropout

@@ -70,8 +70,25 @@ class TestAutoencoderKL(FirstStageContract):
               "regularizer": {"name": "kl", "params": {"sample": False}}}
 
 
+class TestAutoencoderVQ(FirstStageContract):
+    component = Autoencoder
+    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
+              "regularizer": {"name": "vq", "params": {"codebook_size": 16}}}
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_encode_decode_shapes_for_f_1_2_4_8(levels):
+    class Contract(FirstStageContract):
+        component = Autoencoder
+        params = {"in_channels": 3, "ch": 4, "ch_mult": [1] * levels, "num_res_blocks": 1, "z_channels": 2,
+                  "norm_groups": 2, "regularizer": {"name": "kl", "params": {"sample": False}}}
+
+    assert Autoencoder.latent_shape(Contract().validated_params()).factor == 2 ** (levels - 1)
+    Contract().test_shapes_as_declared()
+
+
 def test_kl_penalty_is_summed_over_latent_elements_and_averaged_over_the_batch():
-    kl = KL(KL.Params(weight=0.5, sample=False))
+    kl = KL(KL.Params(weight=0.5, sample=False), latent_channels=2)
     moments = torch.zeros(2, 4, 3, 3)  # mean 0, log-variance 0: KL 0
     moments[0, 0, 0, 0] = 2.0  # one mean of 2 in the first example: KL 0.5 * 4 = 2
     z, terms = kl(moments)
