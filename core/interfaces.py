@@ -89,6 +89,11 @@ class FirstStage(Component, nn.Module, abc.ABC):
     def decode(self, z: Tensor) -> Tensor:
         """Latents (B, c, h, w) -> images (B, C_img, h*f, w*f) in about [-1, 1]."""
 
+    def decoder_last_layer(self) -> Tensor | None:
+        """The weight of the decoder's output layer, where adaptive loss weights compare
+        gradient norms; ``None`` when there is none."""
+        return None
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Training pass: images (B, C_img, H, W) -> (reconstructions of that shape, loss terms).
 

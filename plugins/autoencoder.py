@@ -98,6 +98,9 @@ class Autoencoder(FirstStage):
         up.append(_head(c, p.in_channels, g))
         self.decoder = nn.Sequential(*up)
 
+    def decoder_last_layer(self) -> Tensor:
+        return self.decoder[-1][-1].weight
+
     def encode(self, x: Tensor) -> Tensor:
         return self.regularizer.latent(self.encoder(x))
 

@@ -1,8 +1,8 @@
 """Task ``train_autoencoder``: train a first stage to reconstruct the dataset's images.
 
-The loss is the pixel reconstruction term plus the regulariser's penalty. Reduction, as in
-the paper's code (which its KL weight of 1e-6 assumes): the pixel term is summed over
-channels and pixels and averaged over the batch.
+The first stage's loss is the pixel term, a perceptual term, the regulariser's penalty
+and, once switched on, an adversarial term from a patch discriminator that trains with its
+own optimiser (see :mod:`tasks.ae_losses` for each term and its reduction).
 """
 
 from __future__ import annotations
@@ -10,22 +10,36 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from lightning_fabric import Fabric
 from pydantic import model_validator
 from torch import Tensor
 
 from core import FirstStageSpec, SpecModel
+from tasks.ae_losses import (
+    LPIPS,
+    AdversarialLoss,
+    PatchDiscriminator,
+    PerceptualLoss,
+    PixelLoss,
+    adaptive_weight,
+    hinge_discriminator_loss,
+    laplacian_loss,
+    per_example_sum,
+)
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
 
 
 class AutoencoderLoss(SpecModel):
-    """The reconstruction loss."""
+    """The first stage's loss terms; ``null`` turns the perceptual or adversarial term off."""
 
-    pixel: Literal["l1", "l2"] = "l1"
+    pixel: PixelLoss = PixelLoss()
+    perceptual: PerceptualLoss | None = PerceptualLoss()
+    adversarial: AdversarialLoss | None = None
 
 
 class TrainAutoencoderSpec(TrainingTaskSpec):
-    """Train a first stage (e.g. ``autoencoder`` with a ``kl`` regulariser) on ``data``."""
+    """Train a first stage (e.g. ``autoencoder`` with a ``kl`` or ``vq`` regulariser) on ``data``."""
 
     task: Literal["train_autoencoder"]
     model: FirstStageSpec
@@ -47,24 +61,68 @@ class TrainAutoencoderSpec(TrainingTaskSpec):
 
 
 class AutoencoderObjective(Objective):
-    """Reconstruction plus regularisation, one optimiser."""
+    """The first stage (and, with an adversarial term, its discriminator), each with an optimiser."""
 
     def __init__(self, spec: TrainAutoencoderSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.terms = spec.loss
         self.nets["first_stage"] = spec.model.build()
+        adversarial = self.terms.adversarial
+        if adversarial is not None:
+            channels = spec.model.cls.latent_shape(spec.model.params).image_channels
+            self.nets["discriminator"] = PatchDiscriminator(channels, adversarial.channels, adversarial.layers)
+        perceptual = self.terms.perceptual
+        self.lpips = LPIPS(perceptual.weights_file) if perceptual and perceptual.kind == "lpips" else None
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {"first_stage": self.spec.train.optimizer}
+        found = {"first_stage": self.spec.train.optimizer}
+        if self.terms.adversarial is not None:
+            found["discriminator"] = self.terms.adversarial.optimizer
+        return found
+
+    def active(self, name: str, step: int) -> bool:
+        return name == "first_stage" or step >= self.terms.adversarial.start
+
+    def setup(self, fabric: Fabric) -> None:
+        if self.lpips is not None:
+            fabric.to_device(self.lpips)
+
+    def reconstruction_loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted pixel and perceptual terms (the "nll" of the paper's code) and each term alone."""
+        pixel = self.terms.pixel
+        error = (y - x).abs() if pixel.kind == "l1" else (y - x).pow(2)
+        terms = {"pixel": per_example_sum(error)}
+        total = pixel.weight * terms["pixel"]
+        perceptual = self.terms.perceptual
+        if perceptual is not None:
+            if self.lpips is not None:
+                terms["perceptual"] = self.lpips(x, y).mean()
+            else:
+                terms["perceptual"] = laplacian_loss(x, y, perceptual.levels)
+            total = total + perceptual.weight * terms["perceptual"]
+        return total, terms
 
     def loss(self, name: str, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["image"]
-        reconstruction, terms = self.nets[name](x)
-        error = (reconstruction - x).abs() if self.spec.loss.pixel == "l1" else (reconstruction - x).pow(2)
-        pixel = error.flatten(1).sum(1).mean()
-        penalty = terms.get("loss", torch.zeros((), device=x.device))
-        logs = {"pixel": pixel.detach(), **{k: v.detach() for k, v in terms.items() if k != "loss"}}
-        return pixel + penalty, logs
+        adversarial = self.terms.adversarial
+        if name == "discriminator":
+            with torch.no_grad():
+                fake = self.nets["first_stage"](x)[0]
+            hinge = hinge_discriminator_loss(self.nets["discriminator"](x), self.nets["discriminator"](fake))
+            return hinge, {"hinge": hinge.detach()}
+        reconstruction, regularizer = self.nets["first_stage"](x)
+        nll, terms = self.reconstruction_loss(x, reconstruction)
+        total = nll + regularizer.get("loss", torch.zeros((), device=x.device))
+        logs = {**terms, **{k: v for k, v in regularizer.items() if k != "loss"}}
+        if adversarial is not None and step >= adversarial.start:
+            generator = -self.nets["discriminator"](reconstruction).mean()
+            last = self.nets["first_stage"].decoder_last_layer()
+            weight = (adaptive_weight(nll, generator, last, adversarial.weight)
+                      if adversarial.adaptive and last is not None else torch.tensor(adversarial.weight))
+            total = total + weight * generator
+            logs.update(generator=generator, adaptive_weight=weight)
+        return total, {k: v.detach() for k, v in logs.items()}
 
     def images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x = batch["image"][:8]

@@ -71,6 +71,10 @@ class Objective(abc.ABC):
         """The scalar loss that optimiser ``name`` minimises on one micro-batch at ``step``
         (0-based), and named scalar terms to log."""
 
+    def active(self, name: str, step: int) -> bool:
+        """Whether optimiser ``name`` trains at ``step`` (e.g. a discriminator only after its start)."""
+        return True
+
     def setup(self, fabric: Fabric) -> None:
         """Move whatever is not in ``nets`` (frozen models, constants) to ``fabric.device``."""
 
@@ -240,6 +244,8 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                 micro = [fabric.to_device(next(loader)) for _ in range(cfg.accumulate)]
                 logs: dict[str, float] = {}
                 for name, optimizer in optimizers.items():
+                    if not objective.active(name, step):
+                        continue
                     lr = learning_rate(specs[name], step, cfg.max_steps)
                     set_learning_rate(optimizer, lr)
                     for other in optimizers.values():
