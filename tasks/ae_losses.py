@@ -84,7 +84,7 @@ def laplacian_loss(x: Tensor, y: Tensor, levels: int) -> Tensor:
     """Sum over pyramid levels j of 4^j x (per-example sum of |L_j(x) - L_j(y)|), batch mean."""
     total = x.new_zeros(())
     for j in range(levels):
-        if min(x.shape[-2:]) < 2 or j == levels - 1:
+        if min(x.shape[-2:]) <= 2 or j == levels - 1:  # reflect padding needs more than 2 pixels
             return total + 4**j * per_example_sum((x - y).abs())
         x_down, y_down = _gaussian_down(x), _gaussian_down(y)
         band_x = x - F.interpolate(x_down, size=x.shape[-2:], mode="bilinear", align_corners=False)
