@@ -82,7 +82,7 @@ class AutoencoderObjective(Objective):
         return found
 
     def active(self, name: str, step: int) -> bool:
-        return name == "first_stage" or step >= self.terms.adversarial.start
+        return name != "discriminator" or step >= self.terms.adversarial.start
 
     def setup(self, fabric: Fabric) -> None:
         if self.lpips is not None:
