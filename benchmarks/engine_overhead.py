@@ -84,7 +84,7 @@ def engine(spec, steps: int) -> float:
     """Seconds per step of ``tasks.engine.train`` on the same work (from its own step log)."""
     with tempfile.TemporaryDirectory() as runs:
         ctx = RunContext(registry=load_registry(), runs_dir=Path(runs))
-        train(spec, ctx, lambda spec, dataset: AutoencoderObjective(spec))
+        train(spec, ctx, AutoencoderObjective)
         # One line per WARMUP steps, each with the rate since the previous line: skip the first.
         rates = [json.loads(line)["throughput/steps_per_s"]
                  for line in (Path(runs) / "bench" / "metrics.jsonl").read_text().splitlines()][1:]

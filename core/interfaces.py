@@ -94,6 +94,11 @@ class FirstStage(Component, nn.Module, abc.ABC):
         gradient norms; ``None`` when there is none."""
         return None
 
+    def code_histogram(self, x: Tensor) -> Tensor | None:
+        """How often each codebook entry is used for images x (B, C_img, H, W): counts (K,),
+        or ``None`` for a first stage without a codebook."""
+        return None
+
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Training pass: images (B, C_img, H, W) -> (reconstructions of that shape, loss terms).
 
@@ -136,6 +141,10 @@ class Regularizer(Component, nn.Module, abc.ABC):
     @abc.abstractmethod
     def quantize(self, z: Tensor) -> Tensor:
         """A latent (B, c, h, w) made ready for the decoder (identity where nothing is quantised)."""
+
+    def code_histogram(self, moments: Tensor) -> Tensor | None:
+        """How often each codebook entry serves these moments: counts (K,), or ``None`` without a codebook."""
+        return None
 
 
 class Denoiser(Component, nn.Module, abc.ABC):

@@ -101,6 +101,9 @@ class Autoencoder(FirstStage):
     def decoder_last_layer(self) -> Tensor:
         return self.decoder[-1][-1].weight
 
+    def code_histogram(self, x: Tensor) -> Tensor | None:
+        return self.regularizer.code_histogram(self.encoder(x))
+
     def encode(self, x: Tensor) -> Tensor:
         return self.regularizer.latent(self.encoder(x))
 

@@ -110,6 +110,9 @@ class VQ(Regularizer):
                     self.embed_sum[dead] = picks
                     self.cluster_size[dead] = 1.0
 
+    def code_histogram(self, moments: Tensor) -> Tensor:
+        return torch.bincount(self.assign(moments).flatten(), minlength=self.params.codebook_size)
+
     def latent(self, moments: Tensor) -> Tensor:
         return moments
 

@@ -7,14 +7,17 @@ own optimiser (see :mod:`tasks.ae_losses` for each term and its reduction).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning_fabric import Fabric
 from pydantic import model_validator
-from torch import Tensor
+from torch import Tensor, nn
 
-from core import FirstStageSpec, SpecModel
+from core import Dataset, FirstStageSpec, SpecModel
 from tasks.ae_losses import (
     LPIPS,
     AdversarialLoss,
@@ -28,6 +31,8 @@ from tasks.ae_losses import (
 )
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
+from tasks.engine.rundir import atomic_write
+from tasks.metrics import psnr, ssim
 
 
 class AutoencoderLoss(SpecModel):
@@ -63,9 +68,10 @@ class TrainAutoencoderSpec(TrainingTaskSpec):
 class AutoencoderObjective(Objective):
     """The first stage (and, with an adversarial term, its discriminator), each with an optimiser."""
 
-    def __init__(self, spec: TrainAutoencoderSpec) -> None:
+    def __init__(self, spec: TrainAutoencoderSpec, dataset: Dataset) -> None:
         super().__init__()
         self.spec = spec
+        self.dataset = dataset
         self.terms = spec.loss
         self.nets["first_stage"] = spec.model.build()
         adversarial = self.terms.adversarial
@@ -130,6 +136,58 @@ class AutoencoderObjective(Objective):
         return {"reconstructions": torch.cat([x, reconstruction])}
 
 
+    def finish(self, fabric: Fabric, models: dict[str, nn.Module], run_dir: Path) -> dict[str, Tensor]:
+        """Latent statistics over the training set (stored with the weights) and validation
+        metrics (written to ``validation.json``)."""
+        model = models["first_stage"]
+        batch = self.spec.train.batch_size
+        count = torch.zeros((), dtype=torch.float64, device=fabric.device)
+        total = sumsq = None
+        for x in _batches(self.dataset, batch, fabric):
+            z = model.encode(x).double().transpose(0, 1).flatten(1)  # (c, B h w)
+            total = z.sum(1) if total is None else total + z.sum(1)
+            sumsq = z.pow(2).sum(1) if sumsq is None else sumsq + z.pow(2).sum(1)
+            count += z.shape[1]
+        total, sumsq, count = (fabric.all_reduce(t, reduce_op="sum") for t in (total, sumsq, count))
+        mean = total / count
+        std = (sumsq / count - mean.pow(2)).clamp_min(0).sqrt()
+
+        data, split = self.spec.data, "val"
+        if "split" in type(data.params).model_fields:
+            held_out = data.cls(data.params.model_copy(update={"split": "val"}))
+        else:
+            held_out, split = self.dataset, "train"
+        sums = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # psnr, ssim, images
+        histogram = None
+        for x in _batches(held_out, batch, fabric):
+            reconstruction = model(x)[0]
+            sums += torch.stack([psnr(x, reconstruction).sum(), ssim(x, reconstruction).sum(),
+                                 torch.tensor(float(len(x)), device=x.device)]).double()
+            codes = model.code_histogram(x)
+            histogram = codes if histogram is None or codes is None else histogram + codes
+        sums = fabric.all_reduce(sums, reduce_op="sum")
+        report: dict[str, Any] = {
+            "split": split, "examples": int(sums[2]), "psnr": (sums[0] / sums[2]).item(),
+            "ssim": (sums[1] / sums[2]).item(),
+            "latent_mean": mean.tolist(), "latent_std": std.tolist(),
+        }
+        if histogram is not None:
+            histogram = fabric.all_reduce(histogram.double(), reduce_op="sum")
+            p = histogram / histogram.sum()
+            report["codebook_usage"] = (histogram > 0).double().mean().item()
+            report["codebook_perplexity"] = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
+        if fabric.is_global_zero:
+            atomic_write(run_dir / "validation.json", json.dumps(report, indent=2).encode())
+        return {"latent_mean": mean.float().cpu(), "latent_std": std.float().cpu()}
+
+
+def _batches(dataset: Dataset, batch_size: int, fabric: Fabric) -> Iterator[Tensor]:
+    """This process's share of ``dataset``'s images, in order, on the device, ``batch_size`` at a time."""
+    mine = list(range(fabric.global_rank, len(dataset), fabric.world_size))
+    for start in range(0, len(mine), batch_size):
+        yield torch.stack([dataset[i]["image"] for i in mine[start:start + batch_size]]).to(fabric.device)
+
+
 def run(spec: TrainAutoencoderSpec, ctx: RunContext) -> None:
     """Train to ``train.max_steps``."""
-    train(spec, ctx, lambda spec, dataset: AutoencoderObjective(spec))
+    train(spec, ctx, AutoencoderObjective)

@@ -20,8 +20,8 @@ from tests.conftest import TINY_AE
 class WithCritic(AutoencoderObjective):
     """The autoencoder plus a critic scoring reconstructions, trained in turn each step."""
 
-    def __init__(self, spec):
-        super().__init__(spec)
+    def __init__(self, spec, dataset):
+        super().__init__(spec, dataset)
         self.nets["critic"] = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
 
     def optimizers(self):
@@ -44,7 +44,7 @@ def run(tmp_path, name, steps, resume=False, build=WithCritic):
     data = {**TINY_AE, "name": name, "train": {**TINY_AE["train"], "max_steps": steps, "checkpoint_every": 100}}
     spec = validate_task(data, spec_models(), registry)
     return train(spec, RunContext(registry=registry, runs_dir=tmp_path, resume=resume),
-                 lambda spec, dataset: build(spec))
+                 build)
 
 
 def test_every_model_and_optimiser_is_checkpointed_and_resumed_exactly(tmp_path):
@@ -77,6 +77,6 @@ def test_data_workers_and_global_rng_give_the_same_run_as_the_main_process(tmp_p
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     data = {**TINY_AE, "name": "workers", "train": {**TINY_AE["train"], "max_steps": 4, "num_workers": 2}}
     spec = validate_task(data, spec_models(), registry)
-    workers = read_state(train(spec, RunContext(registry=registry, runs_dir=tmp_path), lambda s, d: Noisy(s)))
+    workers = read_state(train(spec, RunContext(registry=registry, runs_dir=tmp_path), Noisy))
     for key, value in plain.models["first_stage"].items():
         assert torch.equal(value, workers.models["first_stage"][key]), key

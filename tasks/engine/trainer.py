@@ -82,6 +82,16 @@ class Objective(abc.ABC):
         """Image batches (B, C, H, W) in [-1, 1] to log as grids, by name (e.g. reconstructions)."""
         return {}
 
+    def finish(self, fabric: Fabric, models: dict[str, nn.Module], run_dir: Path) -> dict[str, Tensor]:
+        """Called once when training reaches ``max_steps``, on every process (collectives are fine).
+
+        ``models`` are the weights used downstream (the EMA where one is kept), in eval mode,
+        under ``torch.no_grad``. Rank 0 may write reports into ``run_dir``. The tensors
+        returned are stored in the final checkpoint under ``extra/`` (e.g. latent statistics).
+        The training RNG state is restored afterwards, so this never changes a resumed run.
+        """
+        return {}
+
 
 class _StopFlag:
     """Remembers a SIGTERM or SIGINT until the next step boundary."""
@@ -135,6 +145,21 @@ def _backward(fabric: Fabric, objective: Objective, name: str, micro: list[dict[
         for key, value in parts.items():
             terms[key] = terms.get(key, 0.0) + float(value) / len(micro)
     return total, terms
+
+
+def _finish(fabric: Fabric, objective: Objective, originals: dict[str, nn.Module], emas: dict[str, Ema],
+            run_dir: Path) -> dict[str, Tensor]:
+    """Run :meth:`Objective.finish` on the downstream weights, leaving the training state as it was."""
+    rng = capture_rng()
+    models = {name: emas[name].model if name in emas else module for name, module in originals.items()}
+    modes = {name: module.training for name, module in models.items()}
+    try:
+        with torch.no_grad():
+            return objective.finish(fabric, {name: module.eval() for name, module in models.items()}, run_dir)
+    finally:
+        for name, module in models.items():
+            module.train(modes[name])
+        restore_rng(rng)
 
 
 def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]) -> tuple[RunDir, Path | None, list[Path]]:
@@ -220,7 +245,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     fp16 = runtime.precision == "16-mixed"
     last = resume_from
 
-    def save(step: int) -> Path:
+    def save(step: int, extra: dict[str, Tensor] | None = None) -> Path:
         rngs = [capture_rng()]
         if fabric.world_size > 1:
             rngs = [None] * fabric.world_size
@@ -233,6 +258,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                 ema={n: e.state_dict() for n, e in emas.items()},
                 optimizers={n: o.state_dict() for n, o in optimizers.items()},
                 rng=rngs,
+                extra=extra or {},
             ))
         fabric.barrier()
         return path
@@ -283,9 +309,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                     with torch.no_grad():
                         for tag, images in objective.images(micro[0]).items():
                             monitor.images(done, tag, images)
+                extra = _finish(fabric, objective, originals, emas, run.root) if done == cfg.max_steps else None
                 [stopping] = _agree(fabric, stop.signum is not None)
                 if stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-                    last = save(done)
+                    last = save(done, extra)
                 if stopping:
                     cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
                     raise Interrupted(f"stopped by {cause} at step {done}; checkpoint {str(last)!r} written; "

@@ -1,0 +1,37 @@
+"""Image quality measures, per image, for images in [-1, 1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """Peak signal-to-noise ratio in dB of each image pair (B, C, H, W) -> (B,); the peak-to-peak range is 2."""
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Structural similarity of each image pair (B, C, H, W) -> (B,), on images mapped to [0, 1].
+
+    A Gaussian window (shrunk to the image for small images, kept odd), constants
+    (0.01)^2 and (0.03)^2, averaged over channels and valid positions (Wang et al., 2004).
+    """
+    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
+    size = min(window, x.shape[-1], x.shape[-2])
+    size -= 1 - size % 2
+    axis = torch.arange(size, dtype=torch.float32, device=x.device) - (size - 1) / 2
+    kernel = torch.exp(-axis.pow(2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    kernel = (kernel[:, None] * kernel[None, :]).expand(x.shape[1], 1, size, size)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(t, kernel, groups=x.shape[1])
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    score = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return score.flatten(1).mean(1)

@@ -1,0 +1,54 @@
+"""train_autoencoder's reports: validation metrics and latent statistics stored with the weights."""
+
+import json
+
+import pytest
+import torch
+
+from core import load_registry
+from core.validation import validate_task
+from tasks.catalog import spec_models
+from tasks.engine.checkpoint import read_state
+from tasks.metrics import psnr, ssim
+from tests.conftest import TINY_AE
+
+
+def test_psnr_and_ssim_on_known_cases():
+    x = torch.zeros(2, 3, 16, 16)
+    assert psnr(x, x + 0.2).tolist() == pytest.approx([10 * torch.log10(torch.tensor(4 / 0.04)).item()] * 2)
+    y = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert ssim(y, y).item() == pytest.approx(1.0)
+    assert ssim(y, y + 0.1 * torch.randn_like(y)).item() < ssim(y, y + 0.01 * torch.randn_like(y)).item() < 1
+
+
+def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metrics(cli, ae_spec, tmp_path):
+    code, _, err = cli(ae_spec, "--set", "model.params.regularizer.params.sample=false", "--set", "data.params.split=train")
+    assert code == 0, err
+    run = tmp_path / "runs" / "ae"
+    report = json.loads((run / "validation.json").read_text())
+    assert report["split"] == "val" and report["examples"] == 180
+    assert 0 < report["psnr"] < 60 and -1 <= report["ssim"] <= 1
+    state = read_state(run / "checkpoints" / "step-00000006.safetensors")
+    assert state.extra["latent_mean"].shape == (2,) and state.extra["latent_std"].shape == (2,)
+
+    registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    spec = validate_task(json.loads((run / "spec.json").read_text()), spec_models(), registry)
+    model = spec.model.build().eval()
+    model.load_state_dict({k: v for k, v in state.ema["first_stage"].items() if k != "__ema_updates__"})
+    data = spec.data.build()
+    with torch.no_grad():
+        z = model.encode(torch.stack([data[i]["image"] for i in range(len(data))])).double()
+    assert torch.allclose(state.extra["latent_mean"].double(), z.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(state.extra["latent_std"].double(), z.std((0, 2, 3), unbiased=False), atol=1e-5)
+    assert report["latent_std"] == pytest.approx(state.extra["latent_std"].tolist(), abs=1e-6)
+
+
+def test_vq_reports_codebook_usage_and_perplexity(cli, ae_spec, tmp_path):
+    code, _, err = cli(ae_spec, "--set", 'model.params.regularizer={"name": "vq", "params": {"codebook_size": 16}}',
+                       "--set", 'loss.adversarial={"start": 3, "channels": 8, "layers": 1}')
+    assert code == 0, err
+    report = json.loads((tmp_path / "runs" / "ae" / "validation.json").read_text())
+    assert 0 < report["codebook_usage"] <= 1 and 1 <= report["codebook_perplexity"] <= 16
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "ae" / "metrics.jsonl").read_text().splitlines()]
+    assert "loss/discriminator" not in lines[2] and "loss/discriminator" in lines[3], "the discriminator starts at step 3"
+    assert lines[3]["loss/first_stage/adaptive_weight"] > 0
