@@ -13,6 +13,7 @@ def ldm_register(registry):
     from plugins.class_label import ClassLabel
     from plugins.digits import Digits
     from plugins.identity import IdentityFirstStage
+    from plugins.image_folder import ImageFolder
     from plugins.kl import KL
     from plugins.shapes import Shapes
     from plugins.vq import VQ
@@ -21,6 +22,7 @@ def ldm_register(registry):
     registry.add("class_label", ClassLabel)
     registry.add("digits", Digits)
     registry.add("identity", IdentityFirstStage)
+    registry.add("image_folder", ImageFolder)
     registry.add("kl", KL)
     registry.add("shapes", Shapes)
     registry.add("vq", VQ)

@@ -1,0 +1,141 @@
+"""``image_folder``: any folder of images, with labels, captions and maps when the folder has them.
+
+Labels come from the first-level sub-folder names, captions from a sidecar ``.txt`` beside
+each image (same name), segmentation maps from a parallel folder holding a single-channel
+PNG of class indices at the same relative path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field, PositiveInt, model_validator
+
+from core import Dataset, ExampleShape, UserError
+from core.data import DataParams, fields_with_lowres, split_indices, with_lowres
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MODES = {1: "L", 3: "RGB"}
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+class ImageFolder(Dataset):
+    """Every image under a folder (recursively), resized or cropped to a square size."""
+
+    class Params(DataParams):
+        root: Path = Field(description="The folder of images.")
+        size: PositiveInt = Field(description="Side of the square images given to the model.")
+        fit: Literal["resize", "center_crop", "random_crop"] = Field(
+            "center_crop", description="resize: squash to size x size; center_crop / random_crop: scale the "
+            "shorter side to size, then crop (random_crop: a crop fixed per image by seed and index).")
+        channels: Literal[1, 3] = 3
+        convert: bool = Field(False, description="Convert images of another channel count (grey, RGBA, palette) "
+                                                 "instead of refusing them.")
+        labels: bool = Field(False, description="Give 'label': the index of the image's first-level sub-folder.")
+        captions: bool = Field(False, description="Give 'caption': the text of the .txt file beside each image.")
+        segmentation_root: Path | None = Field(None, description="Give 'segmentation' from PNGs at the same relative paths here.")
+        skip_bad: bool = Field(False, description="Skip unreadable image files (and report how many) instead of refusing them.")
+        seed: int = 0
+
+        @model_validator(mode="after")
+        def _folder_has_images(self) -> ImageFolder.Params:
+            if not self.root.is_dir():
+                raise ValueError(f"root {str(self.root)!r} is not a folder; give the folder that holds the images")
+            if not _images(self.root):
+                raise ValueError(f"root {str(self.root)!r} holds no image files ({', '.join(sorted(EXTENSIONS))}); "
+                                 "check the path")
+            if self.segmentation_root is not None and not self.segmentation_root.is_dir():
+                raise ValueError(f"segmentation_root {str(self.segmentation_root)!r} is not a folder")
+            return self
+
+    @classmethod
+    def example_shape(cls, params: ImageFolder.Params) -> ExampleShape:
+        fields = {"image"} | {name for name, on in (("label", params.labels), ("caption", params.captions),
+                                                     ("segmentation", params.segmentation_root)) if on}
+        return ExampleShape(fields=fields_with_lowres(fields, params), image_size=(params.size, params.size),
+                            image_channels=params.channels)
+
+    def __init__(self, params: ImageFolder.Params) -> None:
+        super().__init__(params)
+        files, bad = [], []
+        for path in _images(params.root):
+            problem = self._check(path)
+            if problem is None:
+                files.append(path)
+            elif params.skip_bad:
+                bad.append(path)
+            else:
+                raise UserError(f"data.params.root: {problem}; fix or remove the file, or set skip_bad (or convert) to true")
+        self.skipped = bad
+        if not files:
+            raise UserError(f"data.params.root: none of the images under {str(params.root)!r} could be read")
+        self.classes = sorted({p.relative_to(params.root).parts[0] for p in files if len(p.relative_to(params.root).parts) > 1})
+        self.files = [files[i] for i in split_indices(len(files), params)]
+
+    def _check(self, path: Path) -> str | None:
+        """Why ``path`` cannot be an example (unreadable, wrong channels, missing sidecar), or ``None``."""
+        p = self.params
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode = image.mode
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return f"image file {str(path)!r} cannot be read ({type(exc).__name__}: {exc})"
+        if mode != MODES[p.channels] and not p.convert:
+            return (f"image file {str(path)!r} is {mode} ({Image.getmodebands(mode)} channel(s)), "
+                    f"not {MODES[p.channels]} ({p.channels}); set convert to true to convert it")
+        relative = path.relative_to(p.root)
+        if p.labels and len(relative.parts) < 2:
+            return f"image file {str(path)!r} is not in a sub-folder, so it has no label; move it into its class's folder"
+        if p.captions and not path.with_suffix(".txt").is_file():
+            return f"image file {str(path)!r} has no caption file {str(path.with_suffix('.txt'))!r}"
+        if p.segmentation_root and not (p.segmentation_root / relative).with_suffix(".png").is_file():
+            return f"image file {str(path)!r} has no segmentation map {str((p.segmentation_root / relative).with_suffix('.png'))!r}"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _box(self, width: int, height: int, index: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+        """The size to scale to and the crop box, for an image of ``width`` x ``height``."""
+        size = self.params.size
+        if self.params.fit == "resize":
+            return (size, size), None
+        scale = size / min(width, height)
+        w, h = max(size, round(width * scale)), max(size, round(height * scale))
+        if self.params.fit == "center_crop":
+            left, top = (w - size) // 2, (h - size) // 2
+        else:
+            rng = np.random.default_rng([self.params.seed, index])
+            left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+        return (w, h), (left, top, left + size, top + size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        p, path = self.params, self.files[index]
+        with Image.open(path) as image:
+            image = image.convert(MODES[p.channels])
+            scaled, box = self._box(*image.size, index)
+            image = image.resize(scaled, Image.Resampling.BICUBIC)
+            if box:
+                image = image.crop(box)
+            array = np.asarray(image, dtype=np.float32).reshape(p.size, p.size, p.channels)
+        example: dict[str, Any] = {"image": torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0}
+        relative = path.relative_to(p.root)
+        if p.labels:
+            example["label"] = self.classes.index(relative.parts[0])
+        if p.captions:
+            example["caption"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        if p.segmentation_root:
+            with Image.open((p.segmentation_root / relative).with_suffix(".png")) as seg:
+                seg = seg.resize(scaled, Image.Resampling.NEAREST)
+                if box:
+                    seg = seg.crop(box)
+                example["segmentation"] = torch.from_numpy(np.asarray(seg, dtype=np.int64).copy())
+        return with_lowres(example, p)
