@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
+from einops import rearrange
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -22,6 +23,22 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.skip(x) + self.body(x)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over all positions, with a residual connection."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b 1 (h w) c", three=3)
+        attended = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(rearrange(attended, "b 1 (h w) c -> b c h w", h=h, w=w))
 
 
 class Upsample(nn.Module):
@@ -48,6 +65,9 @@ class Autoencoder(FirstStage):
         ch_mult: list[PositiveInt] = Field([1, 2, 4, 4], min_length=1,
                                            description="Channel multiplier per level; each level after the first halves H and W.")
         num_res_blocks: PositiveInt = 2
+        attention_levels: list[NonNegativeInt] = Field(
+            [], description="Levels (0 = full resolution) with self-attention after each residual block.")
+        mid_attention: bool = Field(True, description="Self-attention between the two middle residual blocks.")
         z_channels: PositiveInt = Field(4, description="Latent channels c.")
         norm_groups: PositiveInt = Field(32, description="GroupNorm groups; must divide every level's channels.")
         dropout: NonNegativeFloat = 0.0
@@ -55,6 +75,10 @@ class Autoencoder(FirstStage):
 
         @model_validator(mode="after")
         def _groups_divide_channels(self) -> Autoencoder.Params:
+            outside = [level for level in self.attention_levels if level >= len(self.ch_mult)]
+            if outside:
+                raise ValueError(f"attention_levels {outside} do not exist: ch_mult {self.ch_mult} has levels "
+                                 f"0 to {len(self.ch_mult) - 1}")
             widths = sorted({self.ch * m for m in self.ch_mult})
             bad = [w for w in widths if w % self.norm_groups]
             if bad:
@@ -77,22 +101,29 @@ class Autoencoder(FirstStage):
         widths = [p.ch * m for m in p.ch_mult]
         g, drop = p.norm_groups, p.dropout
 
+        def middle(c: int) -> list[nn.Module]:
+            return [ResBlock(c, c, g, drop), *([Attention(c, g)] if p.mid_attention else []), ResBlock(c, c, g, drop)]
+
         down: list[nn.Module] = [nn.Conv2d(p.in_channels, widths[0], 3, padding=1)]
         c = widths[0]
         for level, width in enumerate(widths):
             for _ in range(p.num_res_blocks):
                 down.append(ResBlock(c, width, g, drop))
                 c = width
+                if level in p.attention_levels:
+                    down.append(Attention(c, g))
             if level < len(widths) - 1:
                 down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        down += [ResBlock(c, c, g, drop), ResBlock(c, c, g, drop), _head(c, moments, g)]
+        down += [*middle(c), _head(c, moments, g)]
         self.encoder = nn.Sequential(*down)
 
-        up: list[nn.Module] = [nn.Conv2d(p.z_channels, c, 3, padding=1), ResBlock(c, c, g, drop), ResBlock(c, c, g, drop)]
+        up: list[nn.Module] = [nn.Conv2d(p.z_channels, c, 3, padding=1), *middle(c)]
         for level, width in reversed(list(enumerate(widths))):
             for _ in range(p.num_res_blocks + 1):
                 up.append(ResBlock(c, width, g, drop))
                 c = width
+                if level in p.attention_levels:
+                    up.append(Attention(c, g))
             if level > 0:
                 up.append(Upsample(c))
         up.append(_head(c, p.in_channels, g))

@@ -76,6 +76,28 @@ class TestAutoencoderVQ(FirstStageContract):
               "regularizer": {"name": "vq", "params": {"codebook_size": 16}}}
 
 
+class TestAutoencoderAttention(FirstStageContract):
+    component = Autoencoder
+    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
+              "attention_levels": [0, 1], "regularizer": {"name": "kl", "params": {"sample": False}}}
+
+    def test_attention_is_where_the_params_say(self):
+        model = self.build()
+        blocks = sum(type(m).__name__ == "Attention" for m in model.modules())
+        assert blocks == 2 * 1 + 2 * 2 + 2, "encoder 1 per level, decoder 2 per level, one in each middle"
+        without = Autoencoder(Autoencoder.Params.model_validate({**self.params, "attention_levels": [], "mid_attention": False},
+                                                               context=self.context()))
+        assert not any(type(m).__name__ == "Attention" for m in without.modules())
+
+
+def test_attention_levels_must_exist():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"attention_levels \[2\] do not exist: ch_mult \[1, 2\] has levels 0 to 1"):
+        TestAutoencoderAttention.component.Params.model_validate(
+            {**TestAutoencoderAttention.params, "attention_levels": [2]}, context=TestAutoencoderAttention().context())
+
+
 @pytest.mark.parametrize("levels", [1, 2, 3, 4])
 def test_encode_decode_shapes_for_f_1_2_4_8(levels):
     class Contract(FirstStageContract):
