@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import TaskSpec
-from tasks import inspection, train_autoencoder
+from tasks import inspection, latent_stats, train_autoencoder
 from tasks.context import RunContext
 
 
@@ -20,6 +20,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "inspect": Task(inspection.InspectSpec, inspection.run),
+    "latent_stats": Task(latent_stats.LatentStatsSpec, latent_stats.run),
     "train_autoencoder": Task(train_autoencoder.TrainAutoencoderSpec, train_autoencoder.run),
 }
 

@@ -8,7 +8,6 @@ own optimiser (see :mod:`tasks.ae_losses` for each term and its reduction).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ from tasks.ae_losses import (
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
 from tasks.engine.rundir import atomic_write
+from tasks.latents import image_batches, latent_statistics
 from tasks.metrics import psnr, ssim
 
 
@@ -49,6 +49,11 @@ class TrainAutoencoderSpec(TrainingTaskSpec):
     task: Literal["train_autoencoder"]
     model: FirstStageSpec
     loss: AutoencoderLoss = AutoencoderLoss()
+
+    @property
+    def trained_components(self) -> dict[str, FirstStageSpec]:
+        """The models this task trains, by the name their weights are saved under."""
+        return {"first_stage": self.model}
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> TrainAutoencoderSpec:
@@ -141,16 +146,7 @@ class AutoencoderObjective(Objective):
         metrics (written to ``validation.json``)."""
         model = models["first_stage"]
         batch = self.spec.train.batch_size
-        count = torch.zeros((), dtype=torch.float64, device=fabric.device)
-        total = sumsq = None
-        for x in _batches(self.dataset, batch, fabric):
-            z = model.encode(x).double().transpose(0, 1).flatten(1)  # (c, B h w)
-            total = z.sum(1) if total is None else total + z.sum(1)
-            sumsq = z.pow(2).sum(1) if sumsq is None else sumsq + z.pow(2).sum(1)
-            count += z.shape[1]
-        total, sumsq, count = (fabric.all_reduce(t, reduce_op="sum") for t in (total, sumsq, count))
-        mean = total / count
-        std = (sumsq / count - mean.pow(2)).clamp_min(0).sqrt()
+        mean, std = latent_statistics(fabric, model, self.dataset, batch)
 
         data, split = self.spec.data, "val"
         if "split" in type(data.params).model_fields:
@@ -159,7 +155,7 @@ class AutoencoderObjective(Objective):
             held_out, split = self.dataset, "train"
         sums = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # psnr, ssim, images
         histogram = None
-        for x in _batches(held_out, batch, fabric):
+        for x in image_batches(held_out, batch, fabric):
             reconstruction = model(x)[0]
             sums += torch.stack([psnr(x, reconstruction).sum(), ssim(x, reconstruction).sum(),
                                  torch.tensor(float(len(x)), device=x.device)]).double()
@@ -178,14 +174,7 @@ class AutoencoderObjective(Objective):
             report["codebook_perplexity"] = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
         if fabric.is_global_zero:
             atomic_write(run_dir / "validation.json", json.dumps(report, indent=2).encode())
-        return {"latent_mean": mean.float().cpu(), "latent_std": std.float().cpu()}
-
-
-def _batches(dataset: Dataset, batch_size: int, fabric: Fabric) -> Iterator[Tensor]:
-    """This process's share of ``dataset``'s images, in order, on the device, ``batch_size`` at a time."""
-    mine = list(range(fabric.global_rank, len(dataset), fabric.world_size))
-    for start in range(0, len(mine), batch_size):
-        yield torch.stack([dataset[i]["image"] for i in mine[start:start + batch_size]]).to(fabric.device)
+        return {"latent_mean": mean, "latent_std": std}
 
 
 def run(spec: TrainAutoencoderSpec, ctx: RunContext) -> None:

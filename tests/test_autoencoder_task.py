@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from core import load_registry
 from core.validation import validate_task
 from tasks.catalog import spec_models
 from tasks.engine.checkpoint import read_state
+from tasks.engine.ema import UPDATES_KEY
 from tasks.metrics import psnr, ssim
-from tests.conftest import TINY_AE
 
 
 def test_psnr_and_ssim_on_known_cases():
@@ -34,13 +35,26 @@ def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metric
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     spec = validate_task(json.loads((run / "spec.json").read_text()), spec_models(), registry)
     model = spec.model.build().eval()
-    model.load_state_dict({k: v for k, v in state.ema["first_stage"].items() if k != "__ema_updates__"})
+    model.load_state_dict({k: v for k, v in state.ema["first_stage"].items() if k != UPDATES_KEY})
     data = spec.data.build()
     with torch.no_grad():
         z = model.encode(torch.stack([data[i]["image"] for i in range(len(data))])).double()
     assert torch.allclose(state.extra["latent_mean"].double(), z.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(state.extra["latent_std"].double(), z.std((0, 2, 3), unbiased=False), atol=1e-5)
     assert report["latent_std"] == pytest.approx(state.extra["latent_std"].tolist(), abs=1e-6)
+
+    stats_spec = tmp_path / "stats.json"
+    stats_spec.write_text(json.dumps({"task": "latent_stats", "name": "stats", "first_stage": {"run": "ae"},
+                                      "data": spec.data.model_dump(mode="json"), "batch_size": 50}))
+    code, out, err = cli(stats_spec)
+    assert code == 0, err
+    stats = load_file(str(tmp_path / "runs" / "stats" / "latent_stats.safetensors"))
+    assert torch.allclose(stats["mean"], state.extra["latent_mean"], atol=1e-6)
+    assert torch.allclose(stats["std"], state.extra["latent_std"], atol=1e-6)
+    [stamp] = json.loads((tmp_path / "runs" / "stats" / "environment.json").read_text())["starts"]
+    assert stamp["reads"] == ["runs/ae/checkpoints/step-00000006.safetensors"]
+    code, _, err = cli(stats_spec, "--set", "name=again", "--set", "first_stage.run=missing")
+    assert code == 2 and "first_stage.run: 'missing' is not a run in 'runs'" in err
 
 
 def test_vq_reports_codebook_usage_and_perplexity(cli, ae_spec, tmp_path):

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from core import UserError
+from tasks.engine.ema import UPDATES_KEY
 from tasks.engine.rundir import atomic_write, sweep_partial
 
 FORMAT_VERSION = 1
@@ -154,7 +155,8 @@ def read_weights(path: Path, model: str, which: str = "ema") -> dict[str, Tensor
         _check_format(path, handle.metadata())
         keys = list(handle.keys())
         for prefix in ([f"ema/{model}/", f"model/{model}/"] if which == "ema" else [f"model/{model}/"]):
-            found = {key.removeprefix(prefix): handle.get_tensor(key) for key in keys if key.startswith(prefix)}
+            found = {key.removeprefix(prefix): handle.get_tensor(key) for key in keys
+                     if key.startswith(prefix) and not key.endswith(f"/{UPDATES_KEY}")}
             if found:
                 return found
     stored = sorted({key.split("/")[1] for key in keys if key.startswith("model/")})

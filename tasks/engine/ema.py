@@ -9,6 +9,9 @@ from torch import Tensor, nn
 
 from tasks.engine.specs import EmaSpec
 
+UPDATES_KEY = "__ema_updates__"
+"""The key under which :meth:`Ema.state_dict` keeps the update count beside the weights."""
+
 
 class Ema:
     """A frozen copy of ``model`` whose floating weights follow it as
@@ -43,11 +46,11 @@ class Ema:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The averaged weights, plus the update count under ``__ema_updates__``."""
-        return {**self.model.state_dict(), "__ema_updates__": torch.tensor(self.updates)}
+        """The averaged weights, plus the update count under :data:`UPDATES_KEY`."""
+        return {**self.model.state_dict(), UPDATES_KEY: torch.tensor(self.updates)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
         state = dict(state)
-        self.updates = int(state.pop("__ema_updates__"))
+        self.updates = int(state.pop(UPDATES_KEY))
         self.model.load_state_dict(state, strict=True)
