@@ -43,7 +43,7 @@ def spec_data(steps: int, device: str) -> dict:
         "runtime": {"accelerator": device},
         "data": {"name": "digits", "params": {"size": 32, "channels": 3}},
         "model": {"name": "autoencoder", "params": {
-            "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "norm_groups": 8,
+            "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "mid_attention": False, "z_channels": 4, "norm_groups": 8,
             "regularizer": {"name": "kl"}}},
         "loss": {"perceptual": None},
         "train": {"max_steps": steps, "batch_size": 16, "log_every": WARMUP, "checkpoint_every": 100000,
