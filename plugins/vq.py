@@ -31,6 +31,7 @@ class VQ(Regularizer):
         ema: bool = Field(False, description="Update the codebook by moving averages instead of gradients.")
         ema_decay: float = Field(0.99, gt=0, lt=1)
         restart_dead: bool = Field(True, description="Move codes unused for a while onto random encoder outputs.")
+        init_from_data: bool = Field(True, description="Start the codebook on random encoder outputs of the first training batch.")
         dead_below: float = Field(0.03, gt=0, description="A code is dead when its moving-average use per batch is below this.")
 
     @classmethod
@@ -48,6 +49,7 @@ class VQ(Regularizer):
         else:
             self.codebook = nn.Parameter(codes)
         self.register_buffer("usage", torch.ones(k))
+        self.register_buffer("initialized", torch.tensor(not params.init_from_data))
 
     def assign(self, z: Tensor) -> Tensor:
         """The index of the nearest code for every latent vector: (B, c, h, w) -> (B, h, w)."""
@@ -88,9 +90,13 @@ class VQ(Regularizer):
     def _update(self, z: Tensor, indices: Tensor, counts: Tensor) -> None:
         """EMA codebook statistics and dead-code restarts, agreed across processes."""
         p = self.params
+        flat = rearrange(z, "b c h w -> (b h w) c").float()
+        if not self.initialized:
+            self._move_codes(torch.arange(p.codebook_size, device=z.device), flat)
+            self.initialized.fill_(True)
+            return
         counts = _all_reduce(counts.clone())
         self.usage.mul_(p.ema_decay).add_(counts, alpha=1 - p.ema_decay)
-        flat = rearrange(z, "b c h w -> (b h w) c").float()
         if p.ema:
             sums = _all_reduce(torch.zeros_like(self.embed_sum).index_add_(0, indices.flatten(), flat))
             self.cluster_size.mul_(p.ema_decay).add_(counts, alpha=1 - p.ema_decay)
@@ -101,14 +107,18 @@ class VQ(Regularizer):
         if p.restart_dead:
             dead = torch.nonzero(self.usage < p.dead_below).flatten()
             if len(dead):
-                picks = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]
-                if dist.is_available() and dist.is_initialized():
-                    dist.broadcast(picks, src=0)  # every process restarts the same codes the same way
-                self.codebook.data[dead] = picks.to(self.codebook.dtype)
-                self.usage[dead] = 1.0
-                if p.ema:
-                    self.embed_sum[dead] = picks
-                    self.cluster_size[dead] = 1.0
+                self._move_codes(dead, flat)
+
+    def _move_codes(self, codes: Tensor, vectors: Tensor) -> None:
+        """Put ``codes`` on random rows of ``vectors`` (N, c), the same way on every process."""
+        picks = vectors[torch.randint(len(vectors), (len(codes),), device=vectors.device)]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(picks, src=0)
+        self.codebook.data[codes] = picks.to(self.codebook.dtype)
+        self.usage[codes] = 1.0
+        if self.params.ema:
+            self.embed_sum[codes] = picks
+            self.cluster_size[codes] = 1.0
 
     def code_histogram(self, moments: Tensor) -> Tensor:
         return torch.bincount(self.assign(moments).flatten(), minlength=self.params.codebook_size)

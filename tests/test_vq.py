@@ -9,7 +9,7 @@ from plugins.vq import VQ
 
 
 def make(**params):
-    vq = VQ(VQ.Params(codebook_size=2, **params), latent_channels=2)
+    vq = VQ(VQ.Params(codebook_size=2, **{"init_from_data": False, **params}), latent_channels=2)
     with torch.no_grad():
         vq.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     return vq
@@ -74,3 +74,15 @@ def test_diffusion_sees_the_continuous_latent_and_decoding_quantises():
     z = latent([0.1, 0.2], [0.9, 1.2])
     assert torch.equal(vq.latent(z), z)
     assert torch.equal(vq.quantize(z), latent([0.0, 0.0], [1.0, 1.0]))
+
+
+def test_the_first_training_batch_places_every_code_on_an_encoder_output():
+    vq = VQ(VQ.Params(codebook_size=8), latent_channels=2).train()
+    z = torch.randn(1, 2, 4, 4)
+    vq(z)
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert all((vectors == code).all(1).any() for code in vq.codebook), "each code is one of the batch's vectors"
+    assert bool(vq.initialized)
+    before = vq.codebook.detach().clone()
+    vq.eval()(torch.randn(1, 2, 4, 4))
+    assert torch.equal(vq.codebook, before), "evaluation never moves codes"
