@@ -77,7 +77,7 @@ def test_diffusion_sees_the_continuous_latent_and_decoding_quantises():
 
 
 def test_the_first_training_batch_places_every_code_on_an_encoder_output():
-    vq = VQ(VQ.Params(codebook_size=8), latent_channels=2).train()
+    vq = VQ(VQ.Params(codebook_size=8, init_from_data=True), latent_channels=2).train()
     z = torch.randn(1, 2, 4, 4)
     vq(z)
     vectors = z.permute(0, 2, 3, 1).reshape(-1, 2)
