@@ -213,9 +213,15 @@ class Sampler(Component, abc.ABC):
 
     @abc.abstractmethod
     def sample(
-        self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None
+        self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
-        """Noise x (B, ...) at sigmas[0] -> sample (B, ...) at sigma 0. Randomness only from ``generator``."""
+        """Noise x (B, ...) at sigmas[0] -> sample (B, ...) at sigma 0.
+
+        Randomness comes only from ``generator``: one generator, or a list of B (one per
+        sample, see :func:`core.sampling.noise_like`), in which case a batch gives the same
+        samples as its items one by one.
+        """
 
 
 class Dataset(Component, torch.utils.data.Dataset, abc.ABC):

@@ -17,6 +17,22 @@ from torch import Tensor
 from core.diffusion import NoiseSchedule, Prediction
 
 Spacing = Literal["leading", "trailing", "linspace", "logsnr"]
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def noise_like(x: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like x (B, ...).
+
+    With a list of B generators, sample i draws only from generator i, so a batch gives the
+    same noise as its items drawn one by one with the same generators.
+    """
+    if isinstance(generator, list):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device)
+                            for g in generator])
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                       device=generator.device if generator is not None else x.device).to(x.device)
 
 
 def timesteps(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:

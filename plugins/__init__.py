@@ -15,7 +15,7 @@ def ldm_register(registry):
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
     from plugins.kl import KL
-    from plugins.samplers import DpmPP2MSampler, EulerSampler, HeunSampler
+    from plugins.samplers import DpmPP2MSampler, EulerAncestralSampler, EulerSampler, HeunSampler
     from plugins.shapes import Shapes
     from plugins.vq import VQ
 
@@ -27,6 +27,7 @@ def ldm_register(registry):
     registry.add("kl", KL)
     registry.add("dpmpp_2m", DpmPP2MSampler)
     registry.add("euler", EulerSampler)
+    registry.add("euler_ancestral", EulerAncestralSampler)
     registry.add("heun", HeunSampler)
     registry.add("shapes", Shapes)
     registry.add("vq", VQ)

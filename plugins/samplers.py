@@ -1,4 +1,4 @@
-"""Deterministic ODE samplers in k-diffusion's form: each a short function over tensors.
+"""Samplers in k-diffusion's form: each a short function over tensors.
 
 ``denoise(x, sigma)`` estimates x_0 from x = x_0 + sigma eps; ``sigmas`` (n + 1,) decreases
 to 0; ``x`` starts at noise level ``sigmas[0]``.
@@ -12,8 +12,18 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from core import Sampler
+from pydantic import Field
+
+from core import Params, Sampler
 from core.interfaces import DenoiseFn
+from core.sampling import Generators, noise_like
+
+
+def ancestral_step(sigma: Tensor, following: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """(sigma_down, sigma_up) for a step from ``sigma`` to ``following``: deterministic down to
+    sigma_down, then fresh noise of std sigma_up; eta = 1 is DDPM's posterior, eta = 0 no noise."""
+    up = torch.minimum(following, eta * (following**2 * (sigma**2 - following**2) / sigma**2).sqrt())
+    return (following**2 - up**2).sqrt(), up
 
 
 def _level(sigma: Tensor, x: Tensor) -> Tensor:
@@ -62,6 +72,18 @@ def dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor) -> Tensor:
     return x
 
 
+def euler_ancestral(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 1.0,
+                    generator: Generators = None) -> Tensor:
+    """Euler steps down to sigma_down, then noise up to the next level (ancestral sampling); n evaluations."""
+    for sigma, following in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x0 = denoise(x, _level(sigma, x))
+        down, up = ancestral_step(sigma, following, eta)
+        x = x + (x - x0) / sigma.to(x.dtype) * (down - sigma).to(x.dtype)
+        if following > 0:
+            x = x + noise_like(x, generator) * up.to(x.dtype)
+    return x
+
+
 class OdeSampler(Sampler):
     """A deterministic sampler: ``solve`` is its function over tensors; randomness is unused."""
 
@@ -87,3 +109,13 @@ class DpmPP2MSampler(OdeSampler):
     """DPM-Solver++(2M): second-order multistep ODE solver, one evaluation a step."""
 
     solve = staticmethod(dpmpp_2m)
+
+
+class EulerAncestralSampler(Sampler):
+    """Euler ancestral: stochastic, fresh noise each step (eta 1: DDPM's posterior variance)."""
+
+    class Params(Params):
+        eta: float = Field(1.0, ge=0.0, le=1.0, description="How much of the posterior noise to add each step.")
+
+    def sample(self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, generator: Generators = None) -> Tensor:
+        return euler_ancestral(denoise, x, sigmas, self.params.eta, generator)
