@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -119,7 +120,12 @@ class LPIPS(nn.Module):
         if not Path(weights_file).is_file():
             raise UserError(f"loss.perceptual.weights_file: {str(weights_file)!r} does not exist; provide the "
                             "LPIPS VGG16 weights as a local safetensors file, or use kind 'laplacian' (no weights)")
-        load_weights(self, load_file(str(weights_file)), f"loss.perceptual.weights_file {str(weights_file)!r}")
+        try:
+            weights = load_file(str(weights_file))
+        except SafetensorError as exc:
+            raise UserError(f"loss.perceptual.weights_file: {str(weights_file)!r} is not a safetensors file "
+                            f"({exc}); convert the LPIPS VGG16 weights to safetensors") from None
+        load_weights(self, weights, f"loss.perceptual.weights_file {str(weights_file)!r}")
         self.requires_grad_(False).eval()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))

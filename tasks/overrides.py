@@ -92,4 +92,7 @@ def resolve(data: dict[str, Any], texts: Sequence[str], validate: Callable[[dict
             raise
         for i in retry:
             values[i] = overrides[i].raw
-        return attempt()
+        try:
+            return attempt()
+        except SpecError:
+            raise err from None  # neither reading fits: report what the JSON reading got wrong

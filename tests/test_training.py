@@ -207,3 +207,23 @@ def test_a_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(ae_spec, 
     latest = (run / "checkpoints" / "latest").read_text()
     assert sorted(k for k in checkpoint(run, int(latest[5:13])) if k.endswith("/torch")) == ["rng/0/torch", "rng/1/torch"]
     assert not Path(f"/proc/{children[0]}").exists() or open(f"/proc/{children[0]}/status").read().find("zombie") >= 0
+
+
+def test_more_bad_input_is_one_sentence_exit_2_and_writes_nothing(cli, ae_spec, tmp_path):
+    code, _, err = cli(ae_spec, "--set", 'model={"name": "identity", "params": {"channels": 1}}')
+    assert code == 2 and "has no trainable parameters; name a component with weights" in err
+    (tmp_path / "w.safetensors").write_text("not weights")
+    code, _, err = cli(ae_spec, "--set", f'loss.perceptual={{"kind": "lpips", "weights_file": "{tmp_path / "w.safetensors"}"}}')
+    assert code == 2 and "is not a safetensors file" in err
+    code, _, err = cli(ae_spec, "--set", 'data={"name": "image_folder", "params": {"root": "ae.json", "size": 8}}')
+    assert code == 2 and "data.params: root 'ae.json' is not a folder" in err, "the JSON reading's error, not the string's"
+    assert not (tmp_path / "runs").exists()
+    assert "Traceback" not in err
+
+
+def test_a_damaged_checkpoint_is_named_on_resume(cli, ae_spec, tmp_path):
+    assert cli(ae_spec, "--set", "train.max_steps=3")[0] == 0
+    latest = tmp_path / "runs" / "ae" / "checkpoints" / "step-00000003.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])
+    code, _, err = cli(ae_spec, "--resume")
+    assert code == 2 and "step-00000003.safetensors' cannot be read" in err and "delete it" in err

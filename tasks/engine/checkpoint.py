@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -140,18 +140,31 @@ def _check_format(path: Path, meta: dict[str, str] | None) -> None:
                         f"version {FORMAT_VERSION}; use the ldm-framework that wrote it")
 
 
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"checkpoint {str(path)!r} cannot be read ({exc}); it was damaged after it was written: "
+                     "delete it to use the checkpoint before it")
+
+
 def read_state(path: Path) -> TrainingState:
     """The whole training state stored in checkpoint ``path``."""
-    with safe_open(str(path), "pt") as handle:
-        meta = handle.metadata()
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata()
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from None
     _check_format(path, meta)
-    return _decode(load_file(str(path)), meta)
+    return _decode(tensors, meta)
 
 
 def read_weights(path: Path, model: str, which: str = "ema") -> dict[str, Tensor]:
     """One model's weights from checkpoint ``path``: ``which`` is "ema" (falling back to raw
     weights when the run kept no EMA) or "raw"."""
-    with safe_open(str(path), "pt") as handle:
+    try:
+        handle = safe_open(str(path), "pt")
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc) from None
+    with handle:
         _check_format(path, handle.metadata())
         keys = list(handle.keys())
         for prefix in ([f"ema/{model}/", f"model/{model}/"] if which == "ema" else [f"model/{model}/"]):

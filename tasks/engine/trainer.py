@@ -206,6 +206,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     dataset = spec.data.build()
     objective = build(spec, dataset)
     originals = dict(objective.nets)
+    for name, module in originals.items():
+        if not any(p.requires_grad for p in module.parameters()):
+            raise UserError(f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
+                            "name a component with weights (e.g. an autoencoder instead of identity)")
     for path in reads:
         for name, module in originals.items():
             load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})")
