@@ -85,6 +85,9 @@ class AutoencoderObjective(Objective):
             self.nets["discriminator"] = PatchDiscriminator(channels, adversarial.channels, adversarial.layers)
         perceptual = self.terms.perceptual
         self.lpips = LPIPS(perceptual.weights_file) if perceptual and perceptual.kind == "lpips" else None
+        # The first stage's reconstructions of this step's micro-batches, in order, for the
+        # discriminator's turn (which comes next), so it need not run the autoencoder again.
+        self._fakes: list[Tensor] = []
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         found = {"first_stage": self.spec.train.optimizer}
@@ -118,8 +121,7 @@ class AutoencoderObjective(Objective):
         x = batch["image"]
         adversarial = self.terms.adversarial
         if name == "discriminator":
-            with torch.no_grad():
-                fake = self.nets["first_stage"](x)[0]
+            fake = self._fakes.pop(0)
             hinge = hinge_discriminator_loss(self.nets["discriminator"](x), self.nets["discriminator"](fake))
             return hinge, {"hinge": hinge.detach()}
         reconstruction, regularizer = self.nets["first_stage"](x)
@@ -127,6 +129,7 @@ class AutoencoderObjective(Objective):
         total = nll + regularizer.get("loss", torch.zeros((), device=x.device))
         logs = {**terms, **{k: v for k, v in regularizer.items() if k != "loss"}}
         if adversarial is not None and step >= adversarial.start:
+            self._fakes.append(reconstruction.detach())
             generator = -self.nets["discriminator"](reconstruction).mean()
             last = self.nets["first_stage"].decoder_last_layer()
             weight = (adaptive_weight(nll, generator, last, adversarial.weight)
