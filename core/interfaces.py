@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from core.conditioning import Conditioning, ConditioningShape
 from core.params import Params
+from core.sampling import Spacing
 
 
 class Component:
@@ -209,7 +210,12 @@ class Sampler(Component, abc.ABC):
     (B,) to an estimate of the clean x; ``sigmas`` (n + 1,) is the decreasing sequence of
     noise levels to visit, ending at 0; ``x`` is the start, already at noise level
     ``sigmas[0]``.
+
+    ``spacing`` names the timestep spacing (see :func:`core.sampling.timesteps`) used when a
+    spec does not choose one; set it to the one that measures best for the method.
     """
+
+    spacing: ClassVar[Spacing] = "logsnr"
 
     @abc.abstractmethod
     def sample(

@@ -9,14 +9,19 @@ the parameterisation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from core.diffusion import NoiseSchedule, Prediction
 
-Spacing = Literal["leading", "trailing", "linspace", "logsnr"]
+if TYPE_CHECKING:
+    from core.interfaces import DenoiseFn, Sampler
+
+Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
+SPACINGS: tuple[Spacing, ...] = get_args(Spacing)
+KARRAS_RHO = 7.0
 Generators = torch.Generator | list[torch.Generator] | None
 
 
@@ -40,7 +45,9 @@ def timesteps(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
 
     ``leading``: 0, T/n, 2T/n, ... (as DDIM's code); ``trailing``: T-1, T-1-T/n, ...;
     ``linspace``: evenly from T-1 to 0; ``logsnr``: evenly spaced in log signal-to-noise ratio
-    between the first and last step (fractional timesteps are interpolated).
+    between the first and last step; ``karras``: Karras et al.'s (2022) sigmas, evenly spaced
+    in sigma^(1/7) between the largest and smallest sigma (fractional timesteps are
+    interpolated in log sigma).
     """
     total = schedule.steps
     if not 1 <= steps <= total:
@@ -51,10 +58,16 @@ def timesteps(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
         found = (total - 1 - torch.arange(steps, dtype=torch.float64) * (total / steps)).round()
     elif spacing == "linspace":
         found = torch.linspace(0, total - 1, steps, dtype=torch.float64)
-    else:
+    elif spacing == "logsnr":
         log_sigmas = schedule.sigmas.log()
         targets = torch.linspace(log_sigmas[-1].item(), log_sigmas[0].item(), steps, dtype=torch.float64)
         found = _t_from_log_sigma(log_sigmas, targets)
+    elif spacing == "karras":
+        low, high = (schedule.sigmas[i].item() ** (1 / KARRAS_RHO) for i in (0, -1))
+        targets = torch.linspace(low, high, steps, dtype=torch.float64) ** KARRAS_RHO
+        found = _t_from_log_sigma(schedule.sigmas.log(), targets.log())
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return found.sort(descending=True).values
 
 
@@ -103,3 +116,57 @@ def denoiser(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
         return a * (x * a) - s * output
 
     return denoise
+
+
+def masked(denoise: DenoiseFn, known: Tensor, mask: Tensor, noise: Tensor) -> DenoiseFn:
+    """Inpainting by replacement: ``denoise`` with the region where ``mask`` is 1 held to ``known``.
+
+    At every evaluation the masked region of x is replaced by ``known`` noised to the current
+    sigma with the fixed ``noise`` (as the paper's DDIM sampler does), and the estimate there
+    is ``known`` itself, so every sampler ends with that region equal to ``known``. ``known``
+    and ``noise`` are (B, C, h, w); ``mask`` broadcasts against them ((B or 1, 1 or C, h, w)).
+    """
+    mask = mask.to(known.dtype)
+
+    def denoise_masked(x: Tensor, sigma: Tensor) -> Tensor:
+        level = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        x = mask * (known + level * noise) + (1 - mask) * x
+        return mask * known + (1 - mask) * denoise(x, sigma)
+
+    return denoise_masked
+
+
+def sample(
+    sampler: Sampler,
+    denoise: DenoiseFn,
+    noise: Tensor,
+    levels: Tensor,
+    *,
+    generator: Generators = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Draw samples (B, C, h, w) with ``sampler`` over ``levels`` (n + 1,) from :func:`sigmas`.
+
+    ``noise`` (B, C, h, w) is standard normal. Without ``init`` the start is ``noise`` at
+    sigma_0 for unit-variance data, noise x sqrt(1 + sigma_0^2). With ``init`` (a latent,
+    B, C, h, w) only the last ``int(n x strength)`` levels are visited, starting from
+    init + sigma noise (img2img; strength 1 starts from noise at sigma_0 around ``init``,
+    strength 0 returns ``init``). With ``mask`` (1 = keep ``init`` there) the kept region is
+    held by :func:`masked` at every step (inpainting; needs ``init``).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if mask is not None and init is None:
+        raise ValueError("a mask needs the latent it keeps: pass init")
+    if init is None:
+        x = noise * (1 + levels[0] ** 2).sqrt().to(noise.dtype)
+        return sampler.sample(denoise, x, levels, generator=generator)
+    n = len(levels) - 1
+    levels = levels[n - int(n * strength):]
+    if len(levels) == 1:
+        return init
+    if mask is not None:
+        denoise = masked(denoise, init, mask, noise)
+    return sampler.sample(denoise, init + noise * levels[0].to(noise.dtype), levels, generator=generator)

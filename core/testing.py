@@ -29,7 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from core.conditioning import PARTS, Conditioning
-from core.interfaces import Component, Conditioner, FirstStage
+from core.interfaces import Component, Conditioner, Denoiser, FirstStage
 from core.params import Params
 
 SEED = 1234
@@ -43,11 +43,14 @@ def _devices() -> list[torch.device]:
 
 
 def _move(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
-    """Tensors moved to ``device``; floating ones also cast to ``dtype``. Other values unchanged."""
+    """Tensors (also inside lists, tuples and conditionings) moved to ``device``; floating ones also
+    cast to ``dtype``. Other values unchanged."""
     if isinstance(value, Tensor):
         return value.to(device=device, dtype=dtype if dtype and value.is_floating_point() else None)
     if isinstance(value, (list, tuple)):
         return type(value)(_move(v, device, dtype) for v in value)
+    if isinstance(value, Conditioning):
+        return Conditioning(**{part: _move(t, device, dtype) for part, t in value._parts().items()})
     return value
 
 
@@ -216,4 +219,63 @@ class FirstStageContract(ComponentContract):
             f"decode gave {tuple(got['image'].shape)}")
 
 
-__all__ = ["ComponentContract", "ConditionerContract", "FirstStageContract"]
+class DenoiserContract(ComponentContract):
+    """The contract of :class:`core.Denoiser`: the output is shaped like x, each sample depends
+    only on its own input, and the timestep and every condition part reach the output.
+
+    Set ``latent_channels`` and override :meth:`condition` to give the parts the denoiser
+    was built for. Weights that are exactly zero after building (zero-initialised last
+    layers, as in the paper's UNet) are filled with small seeded noise, so the checks see a
+    function that is not constant.
+    """
+
+    component: ClassVar[type[Denoiser]]
+    latent_channels: ClassVar[int] = 4
+    latent_size: ClassVar[int] = 8
+
+    def condition(self, batch_size: int, generator: torch.Generator) -> Conditioning:
+        """The conditioning the denoiser was built for (none by default)."""
+        return Conditioning()
+
+    def build(self, seed: int = SEED) -> Denoiser:
+        module = super().build(seed)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for weight in module.parameters():
+                if weight.numel() and not weight.any():
+                    weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
+        return module
+
+    def inputs(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Conditioning]:
+        x = torch.randn(batch_size, self.latent_channels, self.latent_size, self.latent_size, generator=generator)
+        t = torch.rand(batch_size, generator=generator) * 999
+        return x, t, self.condition(batch_size, generator)
+
+    def outputs(self, module: Denoiser, inputs: tuple[Tensor, Tensor, Conditioning]) -> dict[str, Tensor]:
+        return {"output": module(*inputs)}
+
+    def test_output_is_shaped_like_x(self) -> None:
+        got = self.run(self.build(), batch_size=3)["output"]
+        assert tuple(got.shape) == (3, self.latent_channels, self.latent_size, self.latent_size), tuple(got.shape)
+        assert self.build().prediction in ("eps", "x0", "v")
+
+    def test_each_sample_depends_only_on_its_own_input(self) -> None:
+        module = self.build()
+        x, t, cond = self.inputs(3, torch.Generator().manual_seed(SEED))
+        first = Conditioning(**{part: value[:1] for part, value in cond._parts().items()})
+        with torch.no_grad():
+            together, alone = module(x, t, cond)[:1], module(x[:1], t[:1], first)
+        assert torch.allclose(together, alone, atol=1e-5), "a sample's output changes with the rest of its batch"
+
+    def test_timestep_and_every_condition_part_reach_the_output(self) -> None:
+        module = self.build()
+        x, t, cond = self.inputs(2, torch.Generator().manual_seed(SEED))
+        with torch.no_grad():
+            base = module(x, t, cond)
+            assert not torch.allclose(module(x, t + 100, cond), base), "the output ignores the timestep"
+            for part, value in cond._parts().items():
+                changed = Conditioning(**{**cond._parts(), part: value + 1})
+                assert not torch.allclose(module(x, t, changed), base), f"the output ignores the condition's {part}"
+
+
+__all__ = ["ComponentContract", "ConditionerContract", "DenoiserContract", "FirstStageContract"]

@@ -15,8 +15,18 @@ def ldm_register(registry):
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
     from plugins.kl import KL
-    from plugins.samplers import DpmPP2MSampler, EulerAncestralSampler, EulerSampler, HeunSampler
+    from plugins.samplers import (
+        DdimSampler,
+        DdpmSampler,
+        DpmPP2MSampler,
+        DpmPP2MSdeSampler,
+        EulerAncestralSampler,
+        EulerSampler,
+        HeunSampler,
+        PlmsSampler,
+    )
     from plugins.shapes import Shapes
+    from plugins.unet import UNet
     from plugins.vq import VQ
 
     registry.add("autoencoder", Autoencoder)
@@ -25,9 +35,14 @@ def ldm_register(registry):
     registry.add("identity", IdentityFirstStage)
     registry.add("image_folder", ImageFolder)
     registry.add("kl", KL)
+    registry.add("ddim", DdimSampler)
+    registry.add("ddpm", DdpmSampler)
     registry.add("dpmpp_2m", DpmPP2MSampler)
+    registry.add("dpmpp_2m_sde", DpmPP2MSdeSampler)
     registry.add("euler", EulerSampler)
     registry.add("euler_ancestral", EulerAncestralSampler)
     registry.add("heun", HeunSampler)
+    registry.add("plms", PlmsSampler)
     registry.add("shapes", Shapes)
+    registry.add("unet", UNet)
     registry.add("vq", VQ)

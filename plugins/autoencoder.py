@@ -8,21 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import FirstStage, LatentShape, Params, RegularizerSpec
-
-
-class ResBlock(nn.Module):
-    """GroupNorm, SiLU, 3x3 conv, twice, with a (1x1 where channels change) skip connection."""
-
-    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.GroupNorm(groups, c_out), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1),
-        )
-        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.skip(x) + self.body(x)
+from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, downsample
 
 
 class Attention(nn.Module):
@@ -39,17 +25,6 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(self.norm(x)), "b (three c) h w -> three b 1 (h w) c", three=3)
         attended = F.scaled_dot_product_attention(q, k, v)
         return x + self.out(rearrange(attended, "b 1 (h w) c -> b c h w", h=h, w=w))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _head(c_in: int, c_out: int, groups: int) -> nn.Sequential:
@@ -75,17 +50,8 @@ class Autoencoder(FirstStage):
 
         @model_validator(mode="after")
         def _groups_divide_channels(self) -> Autoencoder.Params:
-            outside = [level for level in self.attention_levels if level >= len(self.ch_mult)]
-            if outside:
-                raise ValueError(f"attention_levels {outside} do not exist: ch_mult {self.ch_mult} has levels "
-                                 f"0 to {len(self.ch_mult) - 1}")
-            widths = sorted({self.ch * m for m in self.ch_mult})
-            bad = [w for w in widths if w % self.norm_groups]
-            if bad:
-                divisors = [g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths)]
-                raise ValueError(
-                    f"norm_groups {self.norm_groups} does not divide the channel counts {bad} "
-                    f"(ch {self.ch} x ch_mult {self.ch_mult}); use norm_groups {divisors[0]} or change ch")
+            check_levels(self.attention_levels, self.ch_mult, "attention_levels")
+            check_norm_groups(self.ch, self.ch_mult, self.norm_groups)
             return self
 
     @classmethod
@@ -113,7 +79,7 @@ class Autoencoder(FirstStage):
                 if level in p.attention_levels:
                     down.append(Attention(c, g))
             if level < len(widths) - 1:
-                down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                down.append(downsample(c))
         down += [*middle(c), _head(c, moments, g)]
         self.encoder = nn.Sequential(*down)
 

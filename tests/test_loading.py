@@ -122,7 +122,7 @@ def test_plugin_api_version_check():
     core.require_plugin_api("1.0")
     with pytest.raises(core.PluginAPIError, match="needs ldm plugin API 1.9"):
         core.require_plugin_api("1.9")
-    with pytest.raises(core.PluginAPIError, match="offers 1.0"):
+    with pytest.raises(core.PluginAPIError, match="offers 1.1"):
         core.require_plugin_api("2.0")
     with pytest.raises(ValueError, match="major.minor"):
         core.require_plugin_api("one")

@@ -1,0 +1,79 @@
+"""Convolutional building blocks shared by the autoencoder and the UNet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def check_norm_groups(ch: int, ch_mult: Sequence[int], norm_groups: int, field: str = "ch",
+                      mult_field: str = "ch_mult") -> None:
+    """Raise ``ValueError`` (naming the counts and a group count that works) unless
+    ``norm_groups`` divides every level's channel count ch x mult."""
+    widths = sorted({ch * m for m in ch_mult})
+    bad = [w for w in widths if w % norm_groups]
+    if bad:
+        divisors = [g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths)]
+        raise ValueError(
+            f"norm_groups {norm_groups} does not divide the channel counts {bad} "
+            f"({field} {ch} x {mult_field} {list(ch_mult)}); use norm_groups {divisors[0]} or change {field}")
+
+
+def check_levels(levels: Sequence[int], ch_mult: Sequence[int], field: str, mult_field: str = "ch_mult") -> None:
+    """Raise ``ValueError`` if a level named in ``field`` is not one of ``mult_field``'s."""
+    outside = [level for level in levels if level >= len(ch_mult)]
+    if outside:
+        raise ValueError(f"{field} {outside} do not exist: {mult_field} {list(ch_mult)} has levels "
+                         f"0 to {len(ch_mult) - 1}")
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv, twice, with a (1x1 where channels change) skip connection.
+
+    With ``emb_channels`` it takes an embedding (B, emb_channels), e.g. of the timestep,
+    projected and added between the convolutions, or with ``scale_shift`` applied as
+    norm(h) x (1 + scale) + shift (the paper's UNet).
+    """
+
+    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float, emb_channels: int = 0,
+                 scale_shift: bool = False) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * c_out if scale_shift else c_out)) \
+            if emb_channels else None
+        self.scale_shift = scale_shift
+        self.out_norm = nn.GroupNorm(groups, c_out)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        """(B, c_in, H, W) and, if built with ``emb_channels``, (B, emb_channels) -> (B, c_out, H, W)."""
+        h = self.in_layers(x)
+        if self.emb is not None:
+            projected = self.emb(emb)[..., None, None].to(h.dtype)
+            if self.scale_shift:
+                scale, shift = projected.chunk(2, dim=1)
+                h = self.out_norm(h) * (1 + scale) + shift
+            else:
+                h = self.out_norm(h + projected)
+        else:
+            h = self.out_norm(h)
+        return self.skip(x) + self.out_layers(h)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def downsample(channels: int) -> nn.Conv2d:
+    """A strided 3x3 conv halving H and W."""
+    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
