@@ -90,6 +90,19 @@ class FirstStage(Component, nn.Module, abc.ABC):
     def decode(self, z: Tensor) -> Tensor:
         """Latents (B, c, h, w) -> images (B, C_img, h*f, w*f) in about [-1, 1]."""
 
+    def moments(self, x: Tensor) -> Tensor:
+        """Images (B, C_img, H, W) -> what the encoder emits before the regulariser (B, m, h, w).
+
+        Deterministic in eval mode, so a latent cache can store them; :meth:`latent_from_moments`
+        turns them into a latent (for a KL posterior, a fresh sample at each call). By default
+        the moments are the latent itself.
+        """
+        return self.encode(x)
+
+    def latent_from_moments(self, moments: Tensor) -> Tensor:
+        """Moments (B, m, h, w) from :meth:`moments` -> a latent (B, c, h, w), as :meth:`encode` gives."""
+        return moments
+
     def decoder_last_layer(self) -> Tensor | None:
         """The weight of the decoder's output layer, where adaptive loss weights compare
         gradient norms; ``None`` when there is none."""
@@ -156,9 +169,18 @@ class Denoiser(Component, nn.Module, abc.ABC):
     x's, ``context`` is attended to, ``vector`` joins the time embedding), and returns a
     tensor of x's shape holding the ``prediction`` it was trained for: ``"eps"`` (the noise),
     ``"x0"`` (the clean latent) or ``"v"``.
+
+    Its ``Params`` should have ``in_channels``, ``out_channels``, ``context_dim`` and
+    ``vector_dim`` (``None`` by default): a pipeline fills them from what the first stage and
+    the conditioners declare, and refuses a spec that states them otherwise.
     """
 
     prediction: str = "eps"
+
+    @classmethod
+    def downsamplings(cls, params: Params) -> int:
+        """How many times the network halves h and w (latent sides must divide by 2^this)."""
+        return 0
 
     @abc.abstractmethod
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:

@@ -218,6 +218,16 @@ class FirstStageContract(ComponentContract):
         assert tuple(got["image"].shape) == (3, shape.image_channels, self.image_size, self.image_size), (
             f"decode gave {tuple(got['image'].shape)}")
 
+    def test_moments_give_the_latent(self) -> None:
+        module = self.build()
+        x = self.inputs(2, torch.Generator().manual_seed(SEED))
+        with torch.no_grad():
+            moments = module.moments(x)
+            assert torch.equal(moments, module.moments(x)), "moments must be deterministic in eval mode (a cache stores them)"
+            latent = module.latent_from_moments(moments)
+        assert latent.shape == module.encode(x).shape, (
+            f"latent_from_moments gave {tuple(latent.shape)}, encode {tuple(module.encode(x).shape)}")
+
 
 class DenoiserContract(ComponentContract):
     """The contract of :class:`core.Denoiser`: the output is shaped like x, each sample depends

@@ -111,6 +111,8 @@ def task_schema(tasks: Mapping[str, type[TaskSpec]], registry: Registry) -> dict
     while pending:
         key = pending.pop()
         kind = defs[key]["x-ldm-kind"]
+        # Fields a spec class adds beside name and params (e.g. a conditioner's drop_rate in an LDM).
+        extra = {k: v for k, v in defs[key].get("properties", {}).items() if k not in ("name", "params")}
         choices = []
         for entry in registry.entries(kind):
             prefix = f"{kind}.{entry.name}."
@@ -123,7 +125,7 @@ def task_schema(tasks: Mapping[str, type[TaskSpec]], registry: Registry) -> dict
                 "title": f"{kind} {entry.name}",
                 "description": entry.summary,
                 "type": "object",
-                "properties": {"name": {"const": entry.name}, "params": params},
+                "properties": {"name": {"const": entry.name}, "params": params, **extra},
                 "required": ["name"],
                 "additionalProperties": False,
             })

@@ -101,8 +101,14 @@ class Autoencoder(FirstStage):
     def code_histogram(self, x: Tensor) -> Tensor | None:
         return self.regularizer.code_histogram(self.encoder(x))
 
+    def moments(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def latent_from_moments(self, moments: Tensor) -> Tensor:
+        return self.regularizer.latent(moments)
+
     def encode(self, x: Tensor) -> Tensor:
-        return self.regularizer.latent(self.encoder(x))
+        return self.latent_from_moments(self.encoder(x))
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(self.regularizer.quantize(z))

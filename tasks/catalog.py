@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import TaskSpec
-from tasks import inspection, latent_stats, train_autoencoder
+from tasks import inspection, latent_stats, pipeline, sample, train_autoencoder, train_ldm
 from tasks.context import RunContext
 
 
@@ -21,7 +21,10 @@ class Task:
 TASKS: dict[str, Task] = {
     "inspect": Task(inspection.InspectSpec, inspection.run),
     "latent_stats": Task(latent_stats.LatentStatsSpec, latent_stats.run),
+    "pipeline": Task(pipeline.PipelineSpec, pipeline.run),
+    "sample": Task(sample.SampleSpec, sample.run),
     "train_autoencoder": Task(train_autoencoder.TrainAutoencoderSpec, train_autoencoder.run),
+    "train_ldm": Task(train_ldm.TrainLdmSpec, train_ldm.run),
 }
 
 

@@ -46,7 +46,7 @@ def test_list_shows_builtins_by_kind_with_their_origin(cli):
     lines = out.splitlines()
     assert lines[lines.index("conditioner") + 1].split()[0] == "class_label"
     assert "[plugin 'builtin' (ldm-framework 0.1.0)]" in lines[lines.index("conditioner") + 1]
-    assert lines[lines.index("denoiser") + 1].strip() == "(none installed)"
+    assert lines[lines.index("denoiser") + 1].split()[0] == "unet"
 
 
 def test_schema_is_json_with_component_params(cli):

@@ -65,7 +65,8 @@ def test_top_level_extra_key_and_missing_field(registry):
 
 def test_unknown_task_and_missing_task(registry):
     assert problems(registry, {**BASE, "task": "inpsect"}) == {
-        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: inspect, latent_stats, train_autoencoder"}
+        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: inspect, latent_stats, pipeline, "
+                "sample, train_autoencoder, train_ldm"}
     assert "this field is required" in problems(registry, {"name": "x"})["task"]
     assert "non-empty JSON object" in problems(registry, [])[""]
 
@@ -119,6 +120,9 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     [choice] = conditioner["oneOf"]
     assert choice["properties"]["name"] == {"const": "class_label"}
     assert choice["properties"]["params"]["properties"]["num_classes"]["type"] == "integer"
-    assert schema["$defs"]["DenoiserSpec"]["not"] == {}, "no denoiser is installed yet"
+    [use] = schema["$defs"]["ConditionerUse"]["oneOf"]
+    assert use["properties"]["name"] == {"const": "class_label"} and use["properties"]["drop_rate"]["maximum"] == 1.0
+    [unet] = schema["$defs"]["DenoiserSpec"]["oneOf"]
+    assert unet["properties"]["params"]["properties"]["in_channels"]["anyOf"][0]["type"] == "integer"
     assert not any("x-ldm-kind" in value for value in schema["$defs"].values())
     json.dumps(schema)

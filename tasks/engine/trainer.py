@@ -12,7 +12,7 @@ import abc
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,11 @@ class Objective(abc.ABC):
 
     def setup(self, fabric: Fabric) -> None:
         """Move whatever is not in ``nets`` (frozen models, constants) to ``fabric.device``."""
+
+    def training_data(self, fabric: Fabric, dataset: Dataset) -> torch.utils.data.Dataset:
+        """What the loader draws batches from, called once on every process after :meth:`setup`
+        (e.g. the dataset encoded once into a latent cache). By default the dataset itself."""
+        return dataset
 
     def images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Image batches (B, C, H, W) in [-1, 1] to log as grids, by name (e.g. reconstructions)."""
@@ -178,8 +183,12 @@ def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, An
     return run, resume_from, reads
 
 
-def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTaskSpec, Dataset], Objective]) -> Path:
+def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTaskSpec, Dataset], Objective],
+          reads: Sequence[Path] = ()) -> Path:
     """Run ``spec``'s training to ``train.max_steps``; return the last checkpoint's path.
+
+    ``reads`` are the checkpoints of other runs the task uses (e.g. a frozen first stage),
+    recorded in the run's environment stamp.
 
     Raises :class:`UserError` for input that cannot work (before writing anything),
     :class:`Interrupted` after a signal, :class:`TrainingFailed` on a non-finite loss.
@@ -199,7 +208,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     verdict = fabric.broadcast(verdict, src=0)
     if verdict[0] == "error":
         raise UserError(verdict[1])
-    run, resume_from, reads = verdict[1]
+    run, resume_from, init_reads = verdict[1]
 
     cfg = spec.train
     fabric.seed_everything(spec.seed, verbose=False)  # every process builds the same weights
@@ -210,7 +219,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
         if not any(p.requires_grad for p in module.parameters()):
             raise UserError(f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
                             "name a component with weights (e.g. an autoencoder instead of identity)")
-    for path in reads:
+    for path in init_reads:
         for name, module in originals.items():
             load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})")
     emas = {name: Ema(module, cfg.ema) for name, module in originals.items()} if cfg.ema else {}
@@ -242,9 +251,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                           start=position)
     # Every check that can refuse the run has passed: only now is anything written.
     if fabric.is_global_zero:
-        open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads]))
+        read = [str(p) for p in (*init_reads, *reads)]
+        open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, read))
     fabric.barrier()
-    loader = iter(make_loader(dataset, batches, cfg.num_workers, spec.seed))
+    loader = iter(make_loader(objective.training_data(fabric, dataset), batches, cfg.num_workers, spec.seed))
     monitor = Monitor(run, resolved, start, cfg.max_steps, enabled=fabric.is_global_zero)
     fp16 = runtime.precision == "16-mixed"
     last = resume_from

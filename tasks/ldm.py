@@ -1,0 +1,172 @@
+"""The latent diffusion model as tasks build it: a denoiser and its conditioners, sized from
+what the first stage and the conditioners declare, and the spec parts that describe it.
+
+:func:`fill_denoiser` is where a pipeline's sizes are settled before any tensor exists: the
+denoiser's ``in_channels`` (latent channels + concat channels), ``out_channels``,
+``context_dim`` and ``vector_dim`` are filled in, and a spec that states one of them
+otherwise is refused naming both numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+
+from core import Conditioner, Conditioning, ConditioningShape, ConditionerSpec, DenoiserSpec, SpecModel, UserError
+from core.diffusion import NoiseSchedule, Prediction, ScheduleKind, beta_schedule
+from core.guidance import guided, unconditional_half
+from core.interfaces import ExampleShape, LatentShape
+from core.sampling import Generators, Spacing, denoiser, sample, sigmas
+from core.specs import SamplerSpec
+
+
+class DiffusionSpec(SpecModel):
+    """The forward process and the training loss L_LDM."""
+
+    schedule: ScheduleKind = Field("scaled_linear", description="Beta schedule (the paper's code calls scaled_linear 'linear').")
+    timesteps: PositiveInt = Field(1000, description="T, the number of discrete steps.")
+    beta_start: PositiveFloat = 0.00085
+    beta_end: PositiveFloat = 0.012
+    loss: str = Field("l2", pattern="^(l1|l2)$", description="l2 or l1 between the prediction and its target.")
+    min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform.")
+    offset_noise: NonNegativeFloat = Field(0.0, description="Strength of per-channel offset noise (e.g. 0.1).")
+
+    def noise_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(beta_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end))
+
+
+class SamplingSpec(SpecModel):
+    """How to sample: the sampler, its steps and spacing, and classifier-free guidance."""
+
+    sampler: SamplerSpec = Field(default_factory=lambda: {"name": "dpmpp_2m"}, validate_default=True)
+    steps: PositiveInt = Field(20, description="Sampler steps (1 to the schedule's T).")
+    spacing: Spacing | None = Field(None, description="Timestep spacing; none: the sampler's measured default.")
+    guidance: NonNegativeFloat = Field(1.0, description="Classifier-free guidance scale; 1: none (one pass).")
+
+
+class ConditionerUse(ConditionerSpec):
+    """A conditioner as the LDM uses it: its spec plus how it trains."""
+
+    drop_rate: float = Field(0.1, ge=0.0, le=1.0, description=(
+        "How often training replaces its output by its 'no condition' output (for guidance); "
+        "concat conditions are never dropped unless drop_concat."))
+    drop_concat: bool = Field(False, description="Also drop concat conditions (maps, low-res images).")
+    trainable: bool = Field(True, description="Optimise it jointly with the denoiser (else frozen).")
+
+
+def fill_denoiser(spec: DenoiserSpec, latent: LatentShape, conditioners: list[ConditionerUse],
+                  registry_context: dict[str, Any]) -> DenoiserSpec:
+    """``spec`` with its sizes filled from the first stage's ``latent`` and the conditioners.
+
+    Raises :class:`UserError` naming the numbers that disagree, or the conditioners whose
+    contexts cannot be joined.
+    """
+    try:
+        cond = ConditioningShape.combine([c.cls.produces(c.params) for c in conditioners], [c.name for c in conditioners])
+    except ValueError as exc:
+        raise UserError(f"conditioners: {exc}") from None
+    concat = cond.concat or 0
+    wanted = {
+        "in_channels": (latent.channels + concat,
+                        f"{latent.channels} latent channels" + (f" + {concat} concat channels" if concat else "")),
+        "out_channels": (latent.channels, f"{latent.channels} latent channels"),
+        "context_dim": (cond.context, "the conditioners' context width" if cond.context else "no conditioner gives a context"),
+        "vector_dim": (cond.vector, "the conditioners' vector width" if cond.vector else "no conditioner gives a vector"),
+    }
+    params = spec.params.model_dump()
+    problems = [f"denoiser.params.{key} is {params[key]} but {why} make {value}"
+                for key, (value, why) in wanted.items() if params.get(key) is not None and params[key] != value]
+    if problems:
+        raise UserError("; ".join(problems) + "; leave these out of the spec and they are filled in")
+    params.update({key: value for key, (value, _) in wanted.items() if key in params})
+    return DenoiserSpec.model_validate({"name": spec.name, "params": params}, context=registry_context)
+
+
+def check_image_size(example: ExampleShape, latent: LatentShape, downsamplings: int, data_name: str) -> None:
+    """Raise :class:`UserError` unless the images divide by f x 2^(the denoiser's downsamplings)."""
+    step = latent.factor * 2**downsamplings
+    if example.image_size is None or not any(side % step for side in example.image_size):
+        return
+    side = example.image_size[0]
+    sizes = sorted({max(step, side - side % step), side - side % step + step})
+    raise UserError(
+        f"data ({data_name}) gives {example.image_size[0]}x{example.image_size[1]} images, which the first stage "
+        f"(f={latent.factor}) and the denoiser ({downsamplings} downsamplings) cannot take: sides must be multiples "
+        f"of {step}; use size {' or '.join(map(str, sizes))}")
+
+
+class LatentDiffusion(nn.Module):
+    """The trained part of an LDM: the denoiser and its conditioners (frozen ones included)."""
+
+    def __init__(self, denoiser: nn.Module, conditioners: list[Conditioner], uses: list[ConditionerUse]) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.conditioners = nn.ModuleList(conditioners)
+        self.uses = uses
+        for module, use in zip(conditioners, uses, strict=True):
+            module.requires_grad_(use.trainable)
+
+    @property
+    def prediction(self) -> Prediction:
+        return self.denoiser.prediction
+
+    def forward(self, x: Tensor, t: Tensor, batch: dict[str, Any], drop: Tensor | None = None) -> Tensor:
+        """The denoiser's prediction for noisy latents x (B, c, h, w) at timesteps t (B,),
+        conditioned on the batch's fields (see :meth:`condition`)."""
+        return self.denoiser(x, t, self.condition(batch, drop))
+
+    def _outputs(self, batch: dict[str, Any]) -> list[Conditioning]:
+        return [module(batch[module.reads(module.params)]) for module in self.conditioners]
+
+    def condition(self, batch: dict[str, Any], drop: Tensor | None = None) -> Conditioning:
+        """The combined conditioning of a batch (the example fields the conditioners read).
+
+        Where ``drop`` (B, n_conditioners) is true, that conditioner's "no condition" output
+        replaces its output, except for concat conditions unless ``drop_concat`` allows it.
+        """
+        parts = []
+        for i, (module, use, cond) in enumerate(zip(self.conditioners, self.uses, self._outputs(batch), strict=True)):
+            if drop is not None and (cond.concat is None or use.drop_concat) and drop[:, i].any():
+                cond = cond.where(~drop[:, i], module.unconditional(cond))
+            parts.append(cond)
+        return Conditioning.combine(parts)
+
+    def guidance_pair(self, batch: dict[str, Any]) -> tuple[Conditioning, Conditioning]:
+        """(condition, unconditional half) for classifier-free guidance: each conditioner's
+        "no condition" output, concat conditions kept unless trained with ``drop_concat``."""
+        outputs = self._outputs(batch)
+        nulls = [unconditional_half(cond, module.unconditional(cond), keep_concat=not use.drop_concat)
+                 for module, use, cond in zip(self.conditioners, self.uses, outputs, strict=True)]
+        return Conditioning.combine(outputs), Conditioning.combine(nulls)
+
+    def drop_mask(self, batch_size: int, device: torch.device) -> Tensor:
+        """Which conditioner outputs to drop for each example (B, n), drawn at each one's drop rate."""
+        rates = torch.tensor([use.drop_rate for use in self.uses], device=device)
+        return torch.rand(batch_size, len(self.uses), device=device) < rates
+
+
+@torch.no_grad()
+def generate(ldm: LatentDiffusion, schedule: NoiseSchedule, sampling: SamplingSpec, conditions: dict[str, Any],
+             noise: Tensor, generator: Generators = None, progress: Callable[[], None] | None = None) -> Tensor:
+    """Normalised latents (B, c, h, w) sampled from standard-normal ``noise`` of that shape.
+
+    ``conditions`` holds the example fields the conditioners read, batched (B); guidance,
+    sampler, steps and spacing come from ``sampling``; ``progress`` is called once per
+    denoiser evaluation.
+    """
+    cond, uncond = ldm.guidance_pair(conditions)
+    model = guided(ldm.denoiser, cond.to(noise.device), uncond.to(noise.device), sampling.guidance)
+    if progress is not None:
+        plain = model
+
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            progress()
+            return plain(x, t)
+
+    sampler = sampling.sampler.build()
+    levels = sigmas(schedule, sampling.steps, sampling.spacing or sampler.spacing)
+    return sample(sampler, denoiser(model, schedule, ldm.prediction), noise, levels, generator=generator)

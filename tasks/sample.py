@@ -1,0 +1,83 @@
+"""Task ``sample``: images from a trained LDM, each one reproducible alone.
+
+Writes ``images/<index>.png`` (one per image), ``grid.png`` and ``manifest.jsonl`` into its
+run directory. Each manifest line holds the image's file, its condition, the run and
+checkpoint step it came from, EMA or raw weights, the sampler and its params (eta among
+them), steps, timestep spacing, guidance and the image's own seed: a ``sample`` spec with
+that condition, ``seed`` set to that seed and one image makes the same image again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from tqdm import tqdm
+
+from core import TaskSpec
+from tasks.api import check_conditions, load_pipeline
+from tasks.context import RunContext
+from tasks.engine.rundir import atomic_write, check_run_dir, environment_stamp, open_run_dir
+from tasks.engine.runtime import resolve_runtime
+from tasks.engine.specs import RunRef
+from tasks.images import make_grid, save_png
+from tasks.ldm import SamplingSpec
+
+
+class SampleSpec(TaskSpec):
+    """Sample images from the LDM that run ``model`` trained."""
+
+    task: Literal["sample"]
+    model: RunRef = Field(description='The train_ldm run, e.g. {"run": "digits-ldm"} (EMA weights by default).')
+    conditions: dict[str, list[Any]] = Field({}, description=(
+        'One list per field the conditioners read, one entry per image, e.g. {"label": [0, 1, 2]}.'))
+    repeat: PositiveInt = Field(1, description="Images per condition entry (the grid puts each entry's on one row).")
+    num_images: PositiveInt | None = Field(None, description="How many images, for an unconditional model.")
+    sampling: SamplingSpec = Field(default_factory=dict, validate_default=True)
+    batch_size: PositiveInt = 16
+
+
+def run(spec: SampleSpec, ctx: RunContext) -> None:
+    """Sample, then write the images, the grid and the manifest."""
+    runtime = resolve_runtime(spec.runtime)
+    spec = spec.model_copy(update={"runtime": runtime})
+    device = "cuda" if runtime.accelerator in ("cuda", "gpu") else runtime.accelerator
+    pipe = load_pipeline(spec.model, ctx, "model", device if device != "auto" else "cpu")
+    pipe.check(spec.sampling, "sampling.steps")
+    conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in spec.conditions.items()}
+    count = check_conditions(pipe.ldm, conditions, spec.num_images and spec.num_images * spec.repeat)
+    resolved = spec.model_dump(mode="json")
+    run_dir = check_run_dir(ctx.runs_dir, spec.name, resolved, resume=False)
+
+    seeds = [spec.seed + i for i in range(count)]
+    with tqdm(total=count, desc=spec.name, unit="image", dynamic_ncols=True) as bar:
+        images = []
+        for start in range(0, count, spec.batch_size):
+            chunk = {key: values[start:start + spec.batch_size] for key, values in conditions.items()}
+            images.append(pipe.generate(spec.sampling, chunk, seeds[start:start + spec.batch_size], spec.batch_size))
+            bar.update(len(images[-1]))
+        images = torch.cat(images)
+
+    open_run_dir(run_dir, resolved, environment_stamp(ctx.registry, 1, [str(pipe.checkpoint)]))
+    folder = run_dir.root / "images"
+    folder.mkdir()
+    sampler = spec.sampling.sampler
+    spacing = spec.sampling.spacing or sampler.cls.spacing
+    lines = []
+    for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+        name = f"images/{i:05d}.png"
+        save_png(make_grid(image[None], 1), run_dir.root / name)
+        lines.append(json.dumps({
+            "file": name, "condition": {key: values[i] for key, values in conditions.items()},
+            "run": spec.model.run, "checkpoint": pipe.checkpoint.name, "step": pipe.step, "weights": spec.model.weights,
+            "sampler": sampler.name, "sampler_params": sampler.params.model_dump(mode="json"),
+            "eta": getattr(sampler.params, "eta", None), "steps": spec.sampling.steps, "spacing": spacing,
+            "guidance": spec.sampling.guidance, "seed": seed,
+        }))
+    nrow = spec.repeat if conditions and spec.repeat > 1 else math.ceil(math.sqrt(count))
+    save_png(make_grid(images, nrow), run_dir.root / "grid.png")
+    atomic_write(run_dir.root / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
+    print(f"{count} images, grid and manifest in {run_dir.root}", file=ctx.out)

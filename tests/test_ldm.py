@@ -1,0 +1,186 @@
+"""`train_ldm`, the latent cache, the `sample` task and the Python API, on tiny models.
+
+One tiny KL autoencoder (8 px digits, f=2, 2 latent channels) is trained once for the module;
+the LDMs on it have about 60k parameters.
+"""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import TINY_AE
+from core import Conditioning, load_registry
+from tasks.api import load
+from tasks.ldm import ConditionerUse, LatentDiffusion
+from tasks.run import main
+
+UNET = {"name": "unet", "params": {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                   "attention_levels": [1], "norm_groups": 4, "num_heads": 2}}
+LDM = {
+    "task": "train_ldm", "name": "ldm", "seed": 0, "runtime": {"accelerator": "cpu"},
+    "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
+    "first_stage": {"run": "ae"},
+    "denoiser": UNET,
+    "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 16}, "drop_rate": 0.2}],
+    "sampling": {"sampler": {"name": "dpmpp_2m"}, "steps": 8},
+    "train": {"max_steps": 300, "batch_size": 32, "log_every": 20, "checkpoint_every": 300,
+              "optimizer": {"lr": 0.002, "warmup_steps": 20}, "ema": {"decay": 0.99}},
+}
+
+
+def run(tmp_path, spec, *extra):
+    """Run a spec in process from ``tmp_path``; (exit code, stdout, stderr) as the CLI gives them."""
+    path = tmp_path / f"{spec['name']}.json"
+    path.write_text(json.dumps(spec))
+    return main([str(path), "--runs-dir", str(tmp_path / "runs"), *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A runs directory with the tiny autoencoder ("ae") and a class-conditional LDM ("ldm") on it."""
+    tmp = tmp_path_factory.mktemp("ldm")
+    ae = {**copy.deepcopy(TINY_AE), "train": {**TINY_AE["train"], "max_steps": 40, "log_every": 10, "checkpoint_every": 40}}
+    assert run(tmp, ae) == 0
+    assert run(tmp, LDM) == 0
+    return tmp
+
+
+def losses(run_dir):
+    return [row["loss/ldm"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss/ldm" in row]
+
+
+def test_the_loss_falls_clearly_within_a_few_hundred_steps(runs):
+    values = losses(runs / "runs" / "ldm")
+    assert len(values) == 15
+    first, last = np.mean(values[:3]), np.mean(values[-3:])
+    assert last < 0.6 * first, values
+
+
+def test_the_unet_sizes_are_filled_in_and_recorded(runs):
+    spec = json.loads((runs / "runs" / "ldm" / "spec.json").read_text())
+    params = spec["denoiser"]["params"]
+    assert (params["in_channels"], params["out_channels"], params["context_dim"], params["vector_dim"]) == (2, 2, 16, None)
+    stamp = json.loads((runs / "runs" / "ldm" / "environment.json").read_text())["starts"][-1]
+    assert any("ae" in read and "step-00000040" in read for read in stamp["reads"]), stamp["reads"]
+
+
+def test_the_latent_cache_is_reused_and_rebuilt_when_the_first_stage_changes(runs, tmp_path, capsys):
+    caches = sorted((runs / "runs" / ".latent-cache").iterdir())
+    assert len(caches) == 1
+    short = {**LDM, "train": {**LDM["train"], "max_steps": 2, "log_every": 1, "checkpoint_every": 2}}
+    assert run(runs, {**short, "name": "ldm-again"}) == 0
+    assert "latent cache reused" in capsys.readouterr().out
+    other_ae = {**copy.deepcopy(TINY_AE), "name": "ae-other", "seed": 1}
+    assert run(runs, other_ae) == 0
+    assert run(runs, {**short, "name": "ldm-other", "first_stage": {"run": "ae-other"}}) == 0
+    assert "latent cache written" in capsys.readouterr().out
+    assert len(list((runs / "runs" / ".latent-cache").iterdir())) == 2
+
+
+def test_the_cache_holds_the_first_stages_moments(runs):
+    from core.specs import DatasetSpec
+    from tasks.context import RunContext
+    from tasks.engine.specs import RunRef
+    from tasks.runs import load_trained
+
+    registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    trained = load_trained(RunRef(run="ae"), RunContext(registry, runs / "runs"), "first_stage", "first_stage")
+    [folder] = [f for f in (runs / "runs" / ".latent-cache").iterdir() if "ae-other" not in f.name][:1]
+    cached = np.load(folder / "moments.npy", mmap_mode="r")
+    data = DatasetSpec.model_validate(LDM["data"], context={"registry": registry}).build()
+    images = torch.stack([data[i]["image"] for i in range(5)])
+    assert cached.shape == (len(data), 4, 4, 4), "mean and log-variance of 2 channels at 4x4"
+    with torch.no_grad():
+        assert np.allclose(cached[:5], trained.module.moments(images).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"in_channels": 3}, "denoiser.params.in_channels is 3 but 2 latent channels make 2"),
+    ({"context_dim": 8}, "denoiser.params.context_dim is 8 but the conditioners' context width make 16"),
+    ({"channel_mult": [1, 2, 2, 2]}, "sides must be multiples of 16; use size 16"),
+])
+def test_sizes_that_disagree_are_refused_before_anything_is_written(runs, capsys, change, message):
+    spec = {**LDM, "name": "bad", "denoiser": {"name": "unet", "params": {**UNET["params"], **change}}}
+    assert run(runs, spec) == 2
+    assert message in capsys.readouterr().err
+    assert not (runs / "runs" / "bad").exists()
+
+
+def test_sample_writes_images_grid_and_a_manifest_that_regenerates_any_image(runs, capsys):
+    spec = {"task": "sample", "name": "samples", "seed": 100, "runtime": {"accelerator": "cpu"},
+            "model": {"run": "ldm"}, "conditions": {"label": [0, 1, 2]}, "repeat": 2,
+            "sampling": {"sampler": {"name": "euler_ancestral"}, "steps": 6, "guidance": 3.0}}
+    assert run(runs, spec) == 0
+    out = runs / "runs" / "samples"
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["condition"]["label"] for m in manifest] == [0, 0, 1, 1, 2, 2]
+    assert [m["seed"] for m in manifest] == list(range(100, 106))
+    assert manifest[3] | {"file": None} == {
+        "file": None, "condition": {"label": 1}, "run": "ldm", "checkpoint": "step-00000300.safetensors",
+        "step": 300, "weights": "ema", "sampler": "euler_ancestral", "sampler_params": {"eta": 1.0}, "eta": 1.0,
+        "steps": 6, "spacing": "logsnr", "guidance": 3.0, "seed": 103}
+    assert Image.open(out / "grid.png").size == (2 * 8, 3 * 8)
+    again = {**spec, "name": "again", "seed": manifest[3]["seed"], "conditions": {"label": [1]}, "repeat": 1}
+    assert run(runs, again) == 0
+    first = np.asarray(Image.open(out / manifest[3]["file"]))
+    alone = np.asarray(Image.open(runs / "runs" / "again" / "images" / "00000.png"))
+    assert np.abs(first.astype(int) - alone.astype(int)).max() <= 1, "the manifest's seed and condition make it again"
+
+
+def test_the_python_api_gives_the_task_s_images(runs):
+    pipe = load("ldm", runs_dir=runs / "runs")
+    images = pipe.sample({"label": [0, 0, 1, 1, 2, 2]}, sampler="euler_ancestral", steps=6, guidance=3.0, seed=100)
+    assert images.shape == (6, 1, 8, 8)
+    task = np.stack([np.asarray(Image.open(runs / "runs" / "samples" / "images" / f"{i:05d}.png")) for i in range(6)])
+    mine = np.round((images[:, 0].numpy() + 1) / 2 * 255)
+    assert np.abs(mine - task.astype(float)).max() <= 1
+
+
+def test_bad_sampling_requests_are_one_sentence_errors(runs, capsys):
+    base = {"task": "sample", "name": "bad-sample", "runtime": {"accelerator": "cpu"}, "model": {"run": "ldm"}}
+    assert run(runs, {**base, "conditions": {"caption": ["a"]}}) == 2
+    assert "the model's conditioners read ['label'] but ['caption'] was given" in capsys.readouterr().err
+    assert run(runs, {**base, "conditions": {"label": [1]}, "sampling": {"steps": 5000}}) == 2
+    assert "5000 is more than the 1000 timesteps" in capsys.readouterr().err
+    assert not (runs / "runs" / "bad-sample").exists()
+
+
+def test_gradients_reach_trainable_parts_and_not_frozen_conditioners(registry):
+    from core.specs import DenoiserSpec
+
+    uses = [ConditionerUse.model_validate({"name": "class_label", "params": {"num_classes": 3, "dim": 8},
+                                           "trainable": trainable}, context={"registry": registry})
+            for trainable in (True, False)]
+    unet = DenoiserSpec.model_validate({"name": "unet", "params": {**UNET["params"], "in_channels": 2, "out_channels": 2,
+                                                                   "context_dim": 8}}, context={"registry": registry})
+    torch.manual_seed(0)
+    model = LatentDiffusion(unet.build(), [u.build() for u in uses], uses)
+    with torch.no_grad():  # zero-initialised layers (output, attention projections) would block what lies before them
+        for weight in model.parameters():
+            if not weight.any():
+                weight.normal_(std=0.1)
+    out = model(torch.randn(4, 2, 4, 4), torch.rand(4) * 999, {"label": torch.tensor([0, 1, 2, 0])})
+    out.square().sum().backward()
+    trained, frozen = model.conditioners
+    assert all(p.grad is None for p in frozen.parameters()) and not any(p.requires_grad for p in frozen.parameters())
+    assert trained.embedding.weight.grad[:3].abs().sum() > 0
+    missing = [n for n, p in model.denoiser.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, missing
+
+
+def test_dropping_uses_the_no_condition_output_but_keeps_concat(registry):
+    uses = [ConditionerUse.model_validate({"name": "class_label", "params": {"num_classes": 3, "dim": 8}},
+                                          context={"registry": registry})]
+    model = LatentDiffusion(torch.nn.Identity(), [uses[0].build()], uses)
+    labels = {"label": torch.tensor([0, 1])}
+    dropped = model.condition(labels, torch.tensor([[True], [False]]))
+    null = model.conditioners[0].unconditional(model.conditioners[0](labels["label"]))
+    assert torch.equal(dropped.context[0], null.context[0])
+    assert torch.equal(dropped.context[1], model.conditioners[0](labels["label"]).context[1])
+    cond, uncond = model.guidance_pair(labels)
+    assert isinstance(uncond, Conditioning) and torch.equal(uncond.context, null.context)
