@@ -2,10 +2,12 @@
 
 It stores the first stage's moments (for a KL posterior its mean and log-variance, so each
 epoch still draws a fresh latent) for every example, in one memory-mapped ``.npy`` file
-under ``<runs dir>/.latent-cache/<key>/``. The key hashes the first stage's weights and the
-dataset's spec, so a changed first stage or dataset gets a cache of its own, and any run
-with the same pair reuses it. The file is written beside its final name and renamed into
-place, so a killed run never leaves a cache that looks complete.
+under ``<runs dir>/.latent-cache/<key>/``, beside the example fields the conditioners read
+(numbers and tensors as ``.npy``, strings as JSON), so that training never loads or renders
+an image again. The key hashes the first stage's weights, the dataset's spec and those
+field names: a changed first stage or dataset gets a cache of its own, and any run with the
+same ones reuses it. Everything is written into a temporary folder that is renamed into
+place last, so a killed run never leaves a cache that looks complete.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,63 +29,79 @@ from core import Dataset, FirstStage
 CACHE_DIR = ".latent-cache"
 
 
-def cache_key(first_stage: nn.Module, data_spec: dict[str, Any]) -> str:
-    """A hash of the first stage's weights (names, shapes, bytes) and the dataset's spec."""
-    digest = hashlib.sha256(json.dumps(data_spec, sort_keys=True).encode())
+def cache_key(first_stage: nn.Module, data_spec: dict[str, Any], fields: Sequence[str]) -> str:
+    """A hash of the first stage's weights (names, shapes, bytes), the dataset's spec and the fields."""
+    digest = hashlib.sha256(json.dumps([data_spec, sorted(fields)], sort_keys=True).encode())
     for name, tensor in sorted(first_stage.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
+def _store_field(values: list[Any], folder: Path, name: str) -> None:
+    if all(isinstance(v, str) for v in values):
+        (folder / f"{name}.json").write_text(json.dumps(values))
+        return
+    array = np.stack([v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in values])
+    np.save(folder / f"{name}.npy", array)
+
+
 @torch.no_grad()
 def build_cache(fabric: Fabric, first_stage: FirstStage, dataset: Dataset, data_spec: dict[str, Any],
-                runs_dir: Path, batch_size: int = 64) -> tuple[Path, bool]:
-    """The cache file for this first stage and dataset: (path, whether it was reused).
+                fields: Sequence[str], runs_dir: Path, batch_size: int = 64) -> tuple[Path, bool]:
+    """The cache folder for this first stage, dataset and fields: (path, whether it was reused).
 
     Rank 0 encodes every example when no cache exists; other processes wait for it.
     """
-    folder = runs_dir / CACHE_DIR / cache_key(first_stage, data_spec)
-    path = folder / "moments.npy"
-    reused = path.is_file()
+    folder = runs_dir / CACHE_DIR / cache_key(first_stage, data_spec, fields)
+    reused = folder.is_dir()
     if fabric.is_global_zero and not reused:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"moments.npy.partial-{os.getpid()}"
-        store = None
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        partial.mkdir(parents=True)
+        store, values = None, {name: [] for name in fields}
         for start in range(0, len(dataset), batch_size):
-            images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = torch.stack([example["image"] for example in examples])
             moments = first_stage.moments(images.to(fabric.device)).float().cpu().numpy()
             if store is None:
-                store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                store = np.lib.format.open_memmap(partial / "moments.npy", mode="w+", dtype=np.float32,
                                                   shape=(len(dataset), *moments.shape[1:]))
             store[start:start + len(moments)] = moments
+            for name in fields:
+                values[name].extend(example[name] for example in examples)
         store.flush()
         del store
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        (folder / "data.json").write_text(json.dumps(data_spec, indent=2, sort_keys=True))
-        os.replace(partial, path)
+        for name, found in values.items():
+            _store_field(found, partial, name)
+        (partial / "data.json").write_text(json.dumps(data_spec, indent=2, sort_keys=True))
+        for path in partial.iterdir():
+            with open(path, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(partial, folder)
     fabric.barrier()
-    return path, reused
+    return folder, reused
 
 
 class CachedLatents(torch.utils.data.Dataset):
-    """``dataset`` with each example's ``image`` replaced by its cached ``moments`` (m, h, w).
+    """Examples from a cache folder: ``moments`` (m, h, w) and the cached fields; no images."""
 
-    The other fields (label, caption, segmentation...) still come from ``dataset``.
-    """
-
-    def __init__(self, dataset: Dataset, path: Path) -> None:
-        self.dataset = dataset
-        self.path = path
-        self._moments: np.ndarray | None = None  # opened lazily: each data worker maps the file itself
+    def __init__(self, folder: Path, fields: Sequence[str]) -> None:
+        self.folder = folder
+        self.fields = list(fields)
+        self.strings = {name: json.loads((folder / f"{name}.json").read_text())
+                        for name in fields if (folder / f"{name}.json").is_file()}
+        self._arrays: dict[str, np.ndarray] | None = None  # mapped lazily: each data worker maps the files itself
+        self._length = len(np.load(folder / "moments.npy", mmap_mode="r"))
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self._length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._moments is None:
-            self._moments = np.load(self.path, mmap_mode="r")
-        example = {key: value for key, value in self.dataset[index].items() if key != "image"}
-        example["moments"] = torch.from_numpy(np.array(self._moments[index]))
+        if self._arrays is None:
+            self._arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
+                            for name in ["moments", *self.fields] if name not in self.strings}
+        example: dict[str, Any] = {name: values[index] for name, values in self.strings.items()}
+        for name, array in self._arrays.items():
+            value = np.array(array[index])
+            example[name] = torch.from_numpy(value) if value.ndim else value.item()
         return example

@@ -100,11 +100,12 @@ class LdmObjective(Objective):
     def training_data(self, fabric: Fabric, dataset: Dataset) -> torch.utils.data.Dataset:
         if not self.spec.latent_cache:
             return dataset
-        path, reused = build_cache(fabric, self.first_stage, dataset, self.spec.data.model_dump(mode="json"),
-                                   self.ctx.runs_dir)
+        fields = sorted({use.cls.reads(use.params) for use in self.spec.conditioners})
+        folder, reused = build_cache(fabric, self.first_stage, dataset, self.spec.data.model_dump(mode="json"),
+                                     fields, self.ctx.runs_dir)
         if fabric.is_global_zero:
-            print(f"latent cache {'reused' if reused else 'written'}: {path}", file=self.ctx.out)
-        return CachedLatents(dataset, path)
+            print(f"latent cache {'reused' if reused else 'written'}: {folder}", file=self.ctx.out)
+        return CachedLatents(folder, fields)
 
     def latents(self, batch: dict[str, Any]) -> Tensor:
         """Normalised latents of the batch: from the cache's moments, or by encoding its images."""

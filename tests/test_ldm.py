@@ -97,6 +97,7 @@ def test_the_cache_holds_the_first_stages_moments(runs):
     assert cached.shape == (len(data), 4, 4, 4), "mean and log-variance of 2 channels at 4x4"
     with torch.no_grad():
         assert np.allclose(cached[:5], trained.module.moments(images).numpy(), atol=1e-5)
+    assert np.load(folder / "label.npy").tolist() == [data[i]["label"] for i in range(len(data))], "fields cached too"
 
 
 @pytest.mark.parametrize("change,message", [

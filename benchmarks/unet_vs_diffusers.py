@@ -1,0 +1,134 @@
+"""Our UNet against diffusers' UNet2DConditionModel at one fixed configuration, side by side.
+
+Configuration (issue #6): latent 16x16x4, channels 64/128/128, 2 residual blocks per level,
+cross-attention transformers at the two lower levels (and the middle) with head width 32,
+context 8 tokens x 128, GroupNorm 32, time embedding added (not scale-shift, diffusers'
+default). Batch 16. Each round times a forward pass (no grad) and a train step (forward,
+MSE loss, backward, AdamW step) of each model in turn, so both see the same machine load;
+the first rounds are warm-up. FLOPs are counted once with torch's FlopCounterMode; the
+matmul peak is the best of several 2048^3 fp32 matmuls on the same threads.
+
+    python benchmarks/unet_vs_diffusers.py [--rounds 7] [--warmup 2] [--threads N]
+
+Prints the parameter counts, each model's median ms per forward and per train step, their
+GFLOP/s, the fraction of the matmul peak, and the ratios diffusers / ours (> 1: ours faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from core import Conditioning
+from plugins.unet import UNet
+
+BATCH, SIDE, TOKENS, CONTEXT = 16, 16, 8, 128
+
+
+def ours() -> torch.nn.Module:
+    return UNet(UNet.Params(in_channels=4, out_channels=4, context_dim=CONTEXT, model_channels=64,
+                            channel_mult=[1, 2, 2], num_res_blocks=2, attention_levels=[1, 2], head_channels=32,
+                            norm_groups=32, scale_shift_norm=False))
+
+
+def theirs() -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    # diffusers' attention_head_dim is, for historical reasons, the number of heads: 128 / 4 = 32 wide.
+    return UNet2DConditionModel(
+        sample_size=SIDE, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=CONTEXT, attention_head_dim=4, norm_num_groups=32)
+
+
+def calls(model: torch.nn.Module, is_ours: bool):
+    """(forward, train_step) closures over fixed seeded inputs."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 4, SIDE, SIDE, generator=generator)
+    t = torch.randint(0, 1000, (BATCH,), generator=generator).float()
+    context = torch.randn(BATCH, TOKENS, CONTEXT, generator=generator)
+    target = torch.randn(BATCH, 4, SIDE, SIDE, generator=generator)
+    cond = Conditioning(context=context)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run() -> torch.Tensor:
+        return model(x, t, cond) if is_ours else model(x, t, encoder_hidden_states=context).sample
+
+    def forward() -> None:
+        with torch.no_grad():
+            run()
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(run(), target).backward()
+        optimizer.step()
+
+    return forward, train_step, run
+
+
+def flops(run) -> tuple[float, float]:
+    """(forward FLOPs, forward + backward FLOPs)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        run().square().mean().backward()
+    return forward, counter.get_total_flops()
+
+
+def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
+    """The best fp32 matmul rate on this machine, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {"ours": ours(), "diffusers": theirs()}
+    closures = {name: calls(model, name == "ours") for name, model in models.items()}
+    times = {name: {"forward": [], "train": []} for name in models}
+    for round_ in range(args.warmup + args.rounds):
+        for name, (forward, train_step, _) in closures.items():
+            f, s = timed(forward), timed(train_step)
+            if round_ >= args.warmup:
+                times[name]["forward"].append(f)
+                times[name]["train"].append(s)
+    peak = matmul_peak()
+    print(f"threads {torch.get_num_threads()}, fp32 matmul peak {peak:.1f} GFLOP/s")
+    medians = {}
+    for name, model in models.items():
+        forward_flops, train_flops = flops(closures[name][2])
+        f, s = statistics.median(times[name]["forward"]), statistics.median(times[name]["train"])
+        medians[name] = (f, s)
+        print(f"{name:9s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
+              f"({forward_flops / f / 1e6:.1f} GFLOP/s, {forward_flops / f / 1e6 / peak:.0%} of peak) | "
+              f"train step {s:.1f} ms ({train_flops / s / 1e6:.1f} GFLOP/s, {train_flops / s / 1e6 / peak:.0%} of peak)")
+    print(f"diffusers / ours: forward {medians['diffusers'][0] / medians['ours'][0]:.3f}, "
+          f"train step {medians['diffusers'][1] / medians['ours'][1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
