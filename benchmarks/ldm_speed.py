@@ -16,7 +16,6 @@ Then it samples 16 images at 20 steps with every sampler from the digits LDM.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import tempfile
