@@ -63,3 +63,24 @@ def test_every_stage_is_validated_before_the_first_runs(tmp_path, capsys):
     check(lambda s: s[1]["train"].update(max_steps=0), "stages.1.train.max_steps: Input should be greater than 0")
     check(lambda s: s[2].update(name="ae"), "stage names must differ, but 'ae' is used twice")
     check(lambda s: s[2].update(task="pipeline"), "stages.2: a stage's task is one of inspect, latent_stats, sample")
+
+
+def test_the_quickstart_chains_its_stages_into_a_ten_by_ten_grid(tmp_path):
+    from tests.conftest import ROOT
+
+    spec = json.loads((ROOT / "configs" / "quickstart.json").read_text())
+    ae, ldm, sample = spec["stages"]
+    assert ldm["first_stage"]["run"] == ae["name"] and sample["model"]["run"] == ldm["name"]
+    for stage in (ae, ldm):  # the same stages, a few steps long
+        stage["train"].update(max_steps=3, checkpoint_every=3, image_every=None, log_every=1)
+    sample["sampling"]["steps"] = 2
+    path = tmp_path / "quickstart.json"
+    path.write_text(json.dumps(spec))
+    assert main([str(path), "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "runs" / sample["name"]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [m["condition"]["label"] for m in manifest] == [digit for digit in range(10) for _ in range(10)]
+    assert {m["guidance"] for m in manifest} == {3.0}
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").size == (320, 320)
