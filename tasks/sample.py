@@ -44,8 +44,7 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     """Sample, then write the images, the grid and the manifest."""
     runtime = resolve_runtime(spec.runtime)
     spec = spec.model_copy(update={"runtime": runtime})
-    device = "cuda" if runtime.accelerator in ("cuda", "gpu") else runtime.accelerator
-    pipe = load_pipeline(spec.model, ctx, "model", device if device != "auto" else "cpu")
+    pipe = load_pipeline(spec.model, ctx, "model", runtime.accelerator)  # resolved: cpu, cuda or mps
     pipe.check(spec.sampling, "sampling.steps")
     conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in spec.conditions.items()}
     count = check_conditions(pipe.ldm, conditions, spec.num_images and spec.num_images * spec.repeat)

@@ -148,6 +148,10 @@ def test_bad_sampling_requests_are_one_sentence_errors(runs, capsys):
     assert "the model's conditioners read ['label'] but ['caption'] was given" in capsys.readouterr().err
     assert run(runs, {**base, "conditions": {"label": [1]}, "sampling": {"steps": 5000}}) == 2
     assert "5000 is more than the 1000 timesteps" in capsys.readouterr().err
+    assert run(runs, {**base, "conditions": {"label": [1, 12]}}) == 2
+    assert "conditions.label: class_label got class 12, outside [0, 10)" in capsys.readouterr().err
+    assert run(runs, {**base, "conditions": {"label": [1, 2]}, "num_images": 3, "model": {"run": "nope"}}) == 2
+    assert "model.run: 'nope' is not a run" in capsys.readouterr().err
     assert not (runs / "runs" / "bad-sample").exists()
 
 
