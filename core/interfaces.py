@@ -212,6 +212,12 @@ class Conditioner(Component, nn.Module, abc.ABC):
     def produces(cls, params: Params) -> ConditioningShape:
         """The parts of :class:`Conditioning` it returns and their widths, from params alone."""
 
+    @classmethod
+    def concat_factor(cls, params: Params) -> int | None:
+        """How many times smaller than the image its concat maps are (a pipeline checks that
+        this is the first stage's f); ``None`` when it gives no concat part."""
+        return None
+
     @abc.abstractmethod
     def forward(self, y: Any) -> Conditioning:
         """A batch of the field :meth:`reads` names -> its conditioning (batch size B)."""

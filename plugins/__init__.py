@@ -15,6 +15,7 @@ def ldm_register(registry):
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
     from plugins.kl import KL
+    from plugins.low_res import LowRes
     from plugins.samplers import (
         DdimSampler,
         DdpmSampler,
@@ -25,6 +26,7 @@ def ldm_register(registry):
         HeunSampler,
         PlmsSampler,
     )
+    from plugins.semantic_map import SemanticMap
     from plugins.shapes import Shapes
     from plugins.unet import UNet
     from plugins.vq import VQ
@@ -35,6 +37,7 @@ def ldm_register(registry):
     registry.add("identity", IdentityFirstStage)
     registry.add("image_folder", ImageFolder)
     registry.add("kl", KL)
+    registry.add("low_res", LowRes)
     registry.add("ddim", DdimSampler)
     registry.add("ddpm", DdpmSampler)
     registry.add("dpmpp_2m", DpmPP2MSampler)
@@ -43,6 +46,7 @@ def ldm_register(registry):
     registry.add("euler_ancestral", EulerAncestralSampler)
     registry.add("heun", HeunSampler)
     registry.add("plms", PlmsSampler)
+    registry.add("semantic_map", SemanticMap)
     registry.add("shapes", Shapes)
     registry.add("unet", UNet)
     registry.add("vq", VQ)

@@ -65,6 +65,11 @@ def fill_denoiser(spec: DenoiserSpec, latent: LatentShape, conditioners: list[Co
     Raises :class:`UserError` naming the numbers that disagree, or the conditioners whose
     contexts cannot be joined.
     """
+    for i, use in enumerate(conditioners):
+        factor = use.cls.concat_factor(use.params)
+        if factor is not None and factor != latent.factor:
+            raise UserError(f"conditioners.{i} ({use.name}) makes maps {factor} times smaller than the image but the "
+                            f"first stage's latent is {latent.factor} times smaller; set its factor to {latent.factor}")
     try:
         cond = ConditioningShape.combine([c.cls.produces(c.params) for c in conditioners], [c.name for c in conditioners])
     except ValueError as exc:

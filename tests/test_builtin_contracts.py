@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from core.testing import ConditionerContract, FirstStageContract
 from plugins.autoencoder import Autoencoder
 from plugins.class_label import ClassLabel
 from plugins.identity import IdentityFirstStage
 from plugins.kl import KL
+from plugins.low_res import LowRes
+from plugins.semantic_map import SemanticMap
 
 
 class TestClassLabelContext(ConditionerContract):
@@ -91,8 +94,6 @@ class TestAutoencoderAttention(FirstStageContract):
 
 
 def test_attention_levels_must_exist():
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match=r"attention_levels \[2\] do not exist: ch_mult \[1, 2\] has levels 0 to 1"):
         TestAutoencoderAttention.component.Params.model_validate(
             {**TestAutoencoderAttention.params, "attention_levels": [2]}, context=TestAutoencoderAttention().context())
@@ -116,3 +117,48 @@ def test_kl_penalty_is_summed_over_latent_elements_and_averaged_over_the_batch()
     z, terms = kl(moments)
     assert torch.equal(z, moments[:, :2])
     assert terms["kl"].item() == pytest.approx(1.0) and terms["loss"].item() == pytest.approx(0.5)
+
+
+class TestSemanticMapConv(ConditionerContract):
+    component = SemanticMap
+    params = {"num_classes": 4, "channels": 8, "factor": 4}
+
+    def example(self, batch_size, generator):
+        return torch.randint(0, 4, (batch_size, 16, 16), generator=generator)
+
+
+class TestSemanticMapInterpolateWithTokens(TestSemanticMapConv):
+    params = {"num_classes": 4, "channels": 8, "factor": 2, "method": "interpolate", "context_dim": 6}
+
+
+class TestLowRes(ConditionerContract):
+    component = LowRes
+    params = {"image_channels": 3, "lowres_factor": 4, "factor": 2, "vector_dim": 8}
+
+    def example(self, batch_size, generator):
+        return torch.rand(batch_size, 3, 4, 4, generator=generator) * 2 - 1
+
+
+def test_semantic_map_output_is_at_the_latent_size_and_refuses_bad_maps():
+    module = SemanticMap(SemanticMap.Params(num_classes=4, channels=8, factor=4, context_dim=6))
+    cond = module(torch.randint(0, 4, (2, 32, 32)))
+    assert cond.concat.shape == (2, 8, 8, 8) and cond.context.shape == (2, 64, 6)
+    with pytest.raises(ValueError, match=r"semantic_map got class 4, outside \[0, 4\)"):
+        module(torch.full((1, 32, 32), 4))
+    with pytest.raises(ValidationError, match="factor 6 is not a power of 2; use 4 or 8"):
+        SemanticMap.Params(num_classes=4, factor=6)
+
+
+def test_low_res_is_brought_to_the_latent_size_and_noised_only_in_training():
+    module = LowRes(LowRes.Params(image_channels=3, lowres_factor=4, factor=2, max_noise=0.5, vector_dim=8))
+    low = torch.rand(2, 3, 4, 4) * 2 - 1
+    module.eval()
+    clean = module(low)
+    assert clean.concat.shape == (2, 3, 8, 8)
+    upsampled = torch.nn.functional.interpolate(low, size=(8, 8), mode="bicubic", align_corners=False)
+    assert torch.allclose(clean.concat, upsampled), "eval with sample_noise 0 adds no noise"
+    assert torch.equal(module(low[:1]).concat, clean.concat[:1]), "a batch equals its items one by one"
+    module.train()
+    torch.manual_seed(0)
+    noisy = module(low)
+    assert not torch.allclose(noisy.concat, upsampled) and not torch.allclose(noisy.vector, clean.vector)

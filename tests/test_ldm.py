@@ -189,3 +189,27 @@ def test_dropping_uses_the_no_condition_output_but_keeps_concat(registry):
     assert torch.equal(dropped.context[1], model.conditioners[0](labels["label"]).context[1])
     cond, uncond = model.guidance_pair(labels)
     assert isinstance(uncond, Conditioning) and torch.equal(uncond.context, null.context)
+
+
+def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_path, capsys):
+    data = {"name": "shapes", "params": {"size": 16, "num_examples": 64, "lowres_factor": 4}}
+    ae = {**copy.deepcopy(TINY_AE), "name": "shapes-ae", "data": data}
+    ae["model"]["params"].update(in_channels=3, z_channels=3)
+    ae["train"].update(max_steps=2, checkpoint_every=2)
+    assert run(tmp_path, ae) == 0
+    hybrid = {**LDM, "name": "hybrid", "data": data, "first_stage": {"run": "shapes-ae"},
+              "conditioners": [
+                  {"name": "semantic_map", "params": {"num_classes": 4, "channels": 4, "factor": 2, "context_dim": 16}},
+                  {"name": "low_res", "params": {"lowres_factor": 4, "factor": 2, "vector_dim": 8}},
+                  {"name": "class_label", "params": {"num_classes": 18, "dim": 16}}],
+              "train": {**LDM["train"], "max_steps": 4, "checkpoint_every": 4, "image_every": 4, "log_every": 1}}
+    assert run(tmp_path, hybrid) == 0
+    params = json.loads((tmp_path / "runs" / "hybrid" / "spec.json").read_text())["denoiser"]["params"]
+    assert (params["in_channels"], params["context_dim"], params["vector_dim"]) == (3 + 4 + 3, 16, 8)
+    assert list((tmp_path / "runs" / "hybrid" / "samples").iterdir()), "a sample grid was logged"
+    wrong = copy.deepcopy(hybrid)
+    wrong.update(name="wrong")
+    wrong["conditioners"][0]["params"]["factor"] = 4
+    assert run(tmp_path, wrong) == 2
+    assert ("conditioners.0 (semantic_map) makes maps 4 times smaller than the image but the first stage's latent "
+            "is 2 times smaller; set its factor to 2") in capsys.readouterr().err
