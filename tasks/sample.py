@@ -14,10 +14,10 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from tqdm import tqdm
 
-from core import TaskSpec
+from core import TaskSpec, UserError
 from tasks.api import check_conditions, load_pipeline
 from tasks.context import RunContext
 from tasks.engine.rundir import atomic_write, check_run_dir, environment_stamp, open_run_dir
@@ -36,8 +36,39 @@ class SampleSpec(TaskSpec):
         'One list per field the conditioners read, one entry per image, e.g. {"label": [0, 1, 2]}.'))
     repeat: PositiveInt = Field(1, description="Images per condition entry (the grid puts each entry's on one row).")
     num_images: PositiveInt | None = Field(None, description="How many images, for an unconditional model.")
+    data_indices: list[NonNegativeInt] | None = Field(None, min_length=1, description=(
+        "Take the conditions from these examples of `data` (maps, low-res images, labels, captions)."))
     sampling: SamplingSpec = Field(default_factory=dict, validate_default=True)
     batch_size: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _one_source_of_conditions(self) -> SampleSpec:
+        if (self.data is None) != (self.data_indices is None):
+            raise ValueError("data and data_indices go together: give both to take the conditions from examples, "
+                             "or neither")
+        if self.data_indices is not None and self.conditions:
+            raise ValueError("give the conditions either in conditions or through data and data_indices, not both")
+        return self
+
+
+def conditions_from_data(spec: SampleSpec, fields: list[str]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The conditioners' fields of the examples ``data_indices`` names, and for the manifest each
+    image's condition: plain values as they are, tensors as a reference to their example."""
+    dataset = spec.data.build()
+    outside = [i for i in spec.data_indices if i >= len(dataset)]
+    if outside:
+        raise UserError(f"data_indices: {outside} are outside data ({spec.data.name}), which has {len(dataset)} "
+                        f"examples; use 0 to {len(dataset) - 1}")
+    missing = sorted(set(fields) - spec.data.cls.example_shape(spec.data.params).fields)
+    if missing:
+        raise UserError(f"data: {spec.data.name} does not give {missing}, which the model's conditioners read; "
+                        "choose data that does (e.g. set lowres_factor for low-res images)")
+    examples = [dataset[i] for i in spec.data_indices]
+    conditions = {field: [example[field] for example in examples] for field in fields}
+    described = [{"data_index": i, **{field: example[field] if isinstance(example[field], (int, float, str))
+                                      else f"{spec.data.name}[{i}].{field}" for field in fields}}
+                 for i, example in zip(spec.data_indices, examples, strict=True)]
+    return conditions, described
 
 
 def run(spec: SampleSpec, ctx: RunContext) -> None:
@@ -46,7 +77,13 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     spec = spec.model_copy(update={"runtime": runtime})
     pipe = load_pipeline(spec.model, ctx, "model", runtime.accelerator)  # resolved: cpu, cuda or mps
     pipe.check(spec.sampling, "sampling.steps")
-    conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in spec.conditions.items()}
+    if spec.data_indices is not None:
+        given, described = conditions_from_data(spec, sorted({m.reads(m.params) for m in pipe.ldm.conditioners}))
+    else:
+        given = spec.conditions
+        described = [{key: values[i] for key, values in given.items()} for i in range(len(next(iter(given.values()), [])))]
+    conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in given.items()}
+    described = [entry for entry in described for _ in range(spec.repeat)]
     count = check_conditions(pipe.ldm, conditions, spec.num_images and spec.num_images * spec.repeat)
     resolved = spec.model_dump(mode="json")
     run_dir = check_run_dir(ctx.runs_dir, spec.name, resolved, resume=False)
@@ -70,7 +107,7 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
         name = f"images/{i:05d}.png"
         save_png(make_grid(image[None], 1), run_dir.root / name)
         lines.append(json.dumps({
-            "file": name, "condition": {key: values[i] for key, values in conditions.items()},
+            "file": name, "condition": described[i] if described else {},
             "run": spec.model.run, "checkpoint": pipe.checkpoint.name, "step": pipe.step, "weights": spec.model.weights,
             "sampler": sampler.name, "sampler_params": sampler.params.model_dump(mode="json"),
             "eta": getattr(sampler.params, "eta", None), "steps": spec.sampling.steps, "spacing": spacing,

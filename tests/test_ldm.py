@@ -207,6 +207,16 @@ def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_pat
     params = json.loads((tmp_path / "runs" / "hybrid" / "spec.json").read_text())["denoiser"]["params"]
     assert (params["in_channels"], params["context_dim"], params["vector_dim"]) == (3 + 4 + 3, 16, 8)
     assert list((tmp_path / "runs" / "hybrid" / "samples").iterdir()), "a sample grid was logged"
+    sample = {"task": "sample", "name": "from-data", "runtime": {"accelerator": "cpu"}, "model": {"run": "hybrid"},
+              "data": {**data, "params": {**data["params"], "split": "val"}}, "data_indices": [3, 5], "repeat": 2,
+              "sampling": {"steps": 3, "guidance": 2.0}}
+    assert run(tmp_path, sample) == 0
+    manifest = [json.loads(line) for line in (tmp_path / "runs" / "from-data" / "manifest.jsonl").read_text().splitlines()]
+    assert [m["condition"]["data_index"] for m in manifest] == [3, 3, 5, 5]
+    assert manifest[0]["condition"]["segmentation"] == "shapes[3].segmentation"
+    assert isinstance(manifest[0]["condition"]["label"], int)
+    assert run(tmp_path, {**sample, "name": "outside", "data_indices": [6, 99]}) == 2
+    assert "data_indices: [99] are outside data (shapes), which has 7 examples" in capsys.readouterr().err
     wrong = copy.deepcopy(hybrid)
     wrong.update(name="wrong")
     wrong["conditioners"][0]["params"]["factor"] = 4
