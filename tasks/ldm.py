@@ -10,7 +10,7 @@ otherwise is refused naming both numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -31,7 +31,7 @@ class DiffusionSpec(SpecModel):
     timesteps: PositiveInt = Field(1000, description="T, the number of discrete steps.")
     beta_start: PositiveFloat = 0.00085
     beta_end: PositiveFloat = 0.012
-    loss: str = Field("l2", pattern="^(l1|l2)$", description="l2 or l1 between the prediction and its target.")
+    loss: Literal["l2", "l1"] = Field("l2", description="l2 or l1 between the prediction and its target.")
     min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform.")
     offset_noise: NonNegativeFloat = Field(0.0, description="Strength of per-channel offset noise (e.g. 0.1).")
 
