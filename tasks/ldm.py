@@ -114,10 +114,19 @@ class LatentDiffusion(nn.Module):
         self.uses = uses
         for module, use in zip(conditioners, uses, strict=True):
             module.requires_grad_(use.trainable)
+        self.train()
 
     @property
     def prediction(self) -> Prediction:
         return self.denoiser.prediction
+
+    def train(self, mode: bool = True) -> LatentDiffusion:
+        """Train mode for all but the frozen conditioners, which stay in eval mode (no dropout)."""
+        super().train(mode)
+        for module, use in zip(self.conditioners, self.uses, strict=True):
+            if not use.trainable:
+                module.eval()
+        return self
 
     def forward(self, x: Tensor, t: Tensor, batch: dict[str, Any], drop: Tensor | None = None) -> Tensor:
         """The denoiser's prediction for noisy latents x (B, c, h, w) at timesteps t (B,),

@@ -132,7 +132,11 @@ class LdmObjective(Objective):
         conditions = {key: value[:count] for key, value in batch.items() if key not in ("image", "moments")}
         z0 = self.latents({key: value[:count] for key, value in batch.items()})
         ldm = self.nets["ldm"].module if hasattr(self.nets["ldm"], "module") else self.nets["ldm"]
-        latents = generate(ldm, self.schedule, self.spec.sampling, conditions, torch.randn_like(z0))
+        ldm.eval()  # sample as sampling will: no dropout, no noise augmentation of conditions
+        try:
+            latents = generate(ldm, self.schedule, self.spec.sampling, conditions, torch.randn_like(z0))
+        finally:
+            ldm.train()
         return {"samples": self.first_stage.decode(latents * self.std + self.mean).clamp(-1, 1)}
 
 

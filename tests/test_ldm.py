@@ -173,6 +173,8 @@ def test_gradients_reach_trainable_parts_and_not_frozen_conditioners(registry):
     out.square().sum().backward()
     trained, frozen = model.conditioners
     assert all(p.grad is None for p in frozen.parameters()) and not any(p.requires_grad for p in frozen.parameters())
+    model.train()
+    assert trained.training and model.denoiser.training and not frozen.training, "frozen parts stay in eval mode"
     assert trained.embedding.weight.grad[:3].abs().sum() > 0
     missing = [n for n, p in model.denoiser.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing, missing
