@@ -120,13 +120,7 @@ def check_conditions(ldm: LatentDiffusion, conditions: dict[str, list[Any]], num
             raise UserError(f"{field}: the model is unconditional; say how many images with num_images")
         return num_images
     device = next(ldm.parameters()).device
-    for module in ldm.conditioners:  # each conditioner judges its own input, before any sampling
-        key = module.reads(module.params)
-        try:
-            with torch.no_grad():
-                module(_batched(conditions[key], device))
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"{field}.{key}: {exc}") from None
+    ldm.check_inputs({key: _batched(values, device) for key, values in conditions.items()}, field)
     return next(iter(lengths.values()))
 
 

@@ -157,6 +157,27 @@ class LatentDiffusion(nn.Module):
                  for module, use, cond in zip(self.conditioners, self.uses, outputs, strict=True)]
         return Conditioning.combine(outputs), Conditioning.combine(nulls)
 
+    @torch.no_grad()
+    def check_inputs(self, batch: dict[str, Any], field: str, latent_size: tuple[int, int] | None = None) -> None:
+        """Run each conditioner (in eval mode) on ``batch``; what it refuses, or concat maps
+        not of ``latent_size``, is a :class:`UserError` naming ``field`` and the fix."""
+        modes = [module.training for module in self.conditioners]
+        try:
+            for module, use in zip(self.conditioners.eval(), self.uses, strict=True):
+                key = module.reads(module.params)
+                try:
+                    cond = module(batch[key])
+                except (ValueError, TypeError) as exc:
+                    raise UserError(f"{field}.{key}: {exc}") from None
+                size = tuple(cond.concat.shape[-2:]) if cond.concat is not None else None
+                if latent_size is not None and size is not None and size != latent_size:
+                    raise UserError(
+                        f"{field}.{key}: {use.name} turns it into {size[0]}x{size[1]} maps but the latents are "
+                        f"{latent_size[0]}x{latent_size[1]}; make its factors agree with the data's (e.g. lowres_factor)")
+        finally:
+            for module, mode in zip(self.conditioners, modes, strict=True):
+                module.train(mode)
+
     def drop_mask(self, batch_size: int, device: torch.device) -> Tensor:
         """Which conditioner outputs to drop for each example (B, n), drawn at each one's drop rate."""
         rates = torch.tensor([use.drop_rate for use in self.uses], device=device)

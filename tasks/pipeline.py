@@ -18,6 +18,7 @@ from core import TaskSpec, UserError
 from tasks.context import RunContext
 from tasks.engine.checkpoint import Checkpoints
 from tasks.engine.rundir import RunDir
+from tasks.engine.specs import RunRef
 
 
 def _valid_stage(stage: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -78,11 +79,24 @@ def finished(spec: TaskSpec, ctx: RunContext) -> bool | None:
     return latest is not None and latest == Checkpoints(run.checkpoints, 1).path_for(train.max_steps)
 
 
+def _runs_read(stage: TaskSpec) -> list[tuple[str, str]]:
+    """(field, run name) of every other run a stage reads."""
+    found = [(name, value.run) for name, value in stage if isinstance(value, RunRef)]
+    init = getattr(getattr(stage, "train", None), "init_from", None)
+    return found + ([("train.init_from", init.run)] if init is not None else [])
+
+
 def run(spec: PipelineSpec, ctx: RunContext) -> None:
     """Run each stage that has not finished, resuming one that was stopped."""
     from tasks.catalog import TASKS
 
     stages = spec.stage_specs(ctx.registry)
+    for index, stage in enumerate(stages):  # a missing run found now, not after the stages before it ran
+        earlier = {s.name for s in stages[:index]}
+        for field, name in _runs_read(stage):
+            if name not in earlier and not (ctx.runs_dir / name / "spec.json").is_file():
+                raise UserError(f"stages.{index}.{field}: {name!r} is neither an earlier stage nor a run in "
+                                f"{str(ctx.runs_dir)!r}; name an earlier stage or train that run first")
     for index, stage in enumerate(stages):
         state = finished(stage, ctx)
         if state:

@@ -16,6 +16,7 @@ import torch
 from lightning_fabric import Fabric
 from pydantic import Field, model_validator
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from core import Dataset, DenoiserSpec, UserError
 from core.diffusion import diffusion_loss, min_snr_weights, offset_noise
@@ -89,6 +90,20 @@ class LdmObjective(Objective):
         self.mean, self.std = mean[None, :, None, None], std[None, :, None, None]
         self.schedule = spec.diffusion.noise_schedule()
         self.nets["ldm"] = spec.build()
+        self._check_data(first_stage)
+
+    def _check_data(self, first_stage: Trained) -> None:
+        """The conditioners run on the first examples before anything is written, so data they
+        cannot take is one clear error, not a failure mid-training. (Only those examples: a bad
+        value further in is still found when training reaches it.)"""
+        if not self.spec.conditioners:
+            return
+        fields = {use.cls.reads(use.params) for use in self.spec.conditioners}
+        examples = [self.dataset[i] for i in range(min(8, len(self.dataset)))]
+        batch = default_collate([{key: example[key] for key in fields} for example in examples])
+        factor = first_stage.spec.cls.latent_shape(first_stage.spec.params).factor
+        side = tuple(s // factor for s in examples[0]["image"].shape[-2:])
+        self.nets["ldm"].check_inputs(batch, f"data ({self.spec.data.name})", side)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"ldm": self.spec.train.optimizer}

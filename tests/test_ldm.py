@@ -225,3 +225,22 @@ def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_pat
     assert run(tmp_path, wrong) == 2
     assert ("conditioners.0 (semantic_map) makes maps 4 times smaller than the image but the first stage's latent "
             "is 2 times smaller; set its factor to 2") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("conditioner,message", [
+    ({"name": "semantic_map", "params": {"num_classes": 2, "factor": 2}},
+     "data (shapes).segmentation: semantic_map got class 3, outside [0, 2)"),
+    ({"name": "low_res", "params": {"lowres_factor": 2, "factor": 2}},
+     "data (shapes).lowres: low_res turns it into 4x4 maps but the latents are 8x8"),
+    ({"name": "class_label", "params": {"num_classes": 3}}, "data (shapes).label: class_label got class 10, outside [0, 3)"),
+])
+def test_data_a_conditioner_cannot_take_is_refused_before_anything_is_written(tmp_path, capsys, conditioner, message):
+    data = {"name": "shapes", "params": {"size": 16, "num_examples": 40, "lowres_factor": 4}}
+    ae = {**copy.deepcopy(TINY_AE), "name": "shapes-ae", "data": data}
+    ae["model"]["params"].update(in_channels=3, z_channels=3)
+    ae["train"].update(max_steps=2, checkpoint_every=2)
+    assert run(tmp_path, ae) == 0
+    spec = {**LDM, "name": "bad-data", "data": data, "first_stage": {"run": "shapes-ae"}, "conditioners": [conditioner]}
+    assert run(tmp_path, spec) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "bad-data").exists()
