@@ -6,9 +6,12 @@ context 8 tokens x 128, GroupNorm 32, time embedding added (not scale-shift, dif
 default). Batch 16. Each round times a forward pass (no grad) and a train step (forward,
 MSE loss, backward, AdamW step) of each model in turn, so both see the same machine load;
 the first rounds are warm-up. FLOPs are counted once with torch's FlopCounterMode; the
-matmul peak is the best of several 2048^3 fp32 matmuls on the same threads.
+matmul peak is the best of several 2048^3 matmuls (4096^3 on a GPU) on the same threads, in the
+precision the models run in (fp32, or bf16 under ``--precision bf16-mixed``, which runs both
+models under bf16 autocast). On a GPU every timing waits for the device.
 
     python benchmarks/unet_vs_diffusers.py [--rounds 7] [--warmup 2] [--threads N]
+        [--device cpu|cuda] [--precision 32-true|bf16-mixed] [--batch 16]
 
 Prints the parameter counts, each model's median ms per forward and per train step, their
 GFLOP/s, the fraction of the matmul peak, and the ratios diffusers / ours (> 1: ours faster).
@@ -26,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from core import Conditioning
 from plugins.unet import UNet
 
-BATCH, SIDE, TOKENS, CONTEXT = 16, 16, 8, 128
+SIDE, TOKENS, CONTEXT = 16, 8, 128
 
 
 def ours() -> torch.nn.Module:
@@ -46,18 +49,19 @@ def theirs() -> torch.nn.Module:
         cross_attention_dim=CONTEXT, attention_head_dim=4, norm_num_groups=32)
 
 
-def calls(model: torch.nn.Module, is_ours: bool):
-    """(forward, train_step) closures over fixed seeded inputs."""
+def calls(model: torch.nn.Module, is_ours: bool, batch: int, device: str, bf16: bool):
+    """(forward, train_step, run) closures over fixed seeded inputs on ``device``."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, 4, SIDE, SIDE, generator=generator)
-    t = torch.randint(0, 1000, (BATCH,), generator=generator).float()
-    context = torch.randn(BATCH, TOKENS, CONTEXT, generator=generator)
-    target = torch.randn(BATCH, 4, SIDE, SIDE, generator=generator)
+    x, target = (torch.randn(batch, 4, SIDE, SIDE, generator=generator).to(device) for _ in range(2))
+    t = torch.randint(0, 1000, (batch,), generator=generator).float().to(device)
+    context = torch.randn(batch, TOKENS, CONTEXT, generator=generator).to(device)
     cond = Conditioning(context=context)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def run() -> torch.Tensor:
-        return model(x, t, cond) if is_ours else model(x, t, encoder_hidden_states=context).sample
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, t, cond) if is_ours else model(x, t, encoder_hidden_states=context).sample
+        return out.float()
 
     def forward() -> None:
         with torch.no_grad():
@@ -81,21 +85,25 @@ def flops(run) -> tuple[float, float]:
     return forward, counter.get_total_flops()
 
 
-def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
-    """The best fp32 matmul rate on this machine, in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def timed(fn) -> float:
+def timed(fn, device: str) -> float:
+    """Milliseconds ``fn`` takes, waiting for the device before and after."""
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return (time.perf_counter() - start) * 1000
+
+
+def matmul_peak(device: str, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The best matmul rate of ``dtype`` on this device, in GFLOP/s."""
+    n = 4096 if device == "cuda" else 2048
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e6
 
 
 def main() -> None:
@@ -103,21 +111,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # fp32 means fp32 on a GPU too: no TF32 in the models or in the peak.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    bf16 = args.precision == "bf16-mixed"
     torch.manual_seed(0)
-    models = {"ours": ours(), "diffusers": theirs()}
-    closures = {name: calls(model, name == "ours") for name, model in models.items()}
+    models = {"ours": ours().to(args.device), "diffusers": theirs().to(args.device)}
+    closures = {name: calls(model, name == "ours", args.batch, args.device, bf16) for name, model in models.items()}
     times = {name: {"forward": [], "train": []} for name in models}
     for round_ in range(args.warmup + args.rounds):
         for name, (forward, train_step, _) in closures.items():
-            f, s = timed(forward), timed(train_step)
+            f, s = timed(forward, args.device), timed(train_step, args.device)
             if round_ >= args.warmup:
                 times[name]["forward"].append(f)
                 times[name]["train"].append(s)
-    peak = matmul_peak()
-    print(f"threads {torch.get_num_threads()}, fp32 matmul peak {peak:.1f} GFLOP/s")
+    peak = matmul_peak(args.device, torch.bfloat16 if bf16 else torch.float32)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"threads {torch.get_num_threads()}"
+    print(f"{where}, batch {args.batch}, {args.precision}, matmul peak {peak:.1f} GFLOP/s")
     medians = {}
     for name, model in models.items():
         forward_flops, train_flops = flops(closures[name][2])

@@ -103,8 +103,10 @@ def denoiser(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
     log_sigmas = schedule.sigmas.log()
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
-        sigma = sigma.to(torch.float64)
-        t = _t_from_log_sigma(log_sigmas.to(sigma.device), sigma.log())
+        # The timestep lookup stays on the latents' device (no sync per step), in float64
+        # except on MPS, which has none.
+        sigma = sigma.to(x.device, torch.float32 if x.device.type == "mps" else torch.float64)
+        t = _t_from_log_sigma(log_sigmas.to(sigma.device, sigma.dtype), sigma.log())
         shape = (-1, *([1] * (x.ndim - 1)))
         a = (1 / (1 + sigma**2).sqrt()).to(x.dtype).reshape(shape)
         s = (sigma / (1 + sigma**2).sqrt()).to(x.dtype).reshape(shape)
@@ -129,7 +131,7 @@ def masked(denoise: DenoiseFn, known: Tensor, mask: Tensor, noise: Tensor) -> De
     mask = mask.to(known.dtype)
 
     def denoise_masked(x: Tensor, sigma: Tensor) -> Tensor:
-        level = sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        level = sigma.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         x = mask * (known + level * noise) + (1 - mask) * x
         return mask * known + (1 - mask) * denoise(x, sigma)
 

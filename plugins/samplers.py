@@ -33,7 +33,8 @@ def ancestral_step(sigma: Tensor, following: Tensor, eta: float) -> tuple[Tensor
 
 
 def _level(sigma: Tensor, x: Tensor) -> Tensor:
-    return sigma.to(x.dtype).expand(x.shape[0])
+    """sigma (a level of ``sigmas``, which may live on the CPU) as a (B,) tensor beside ``x``."""
+    return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
 
 
 def _slope(denoise: DenoiseFn, x: Tensor, sigma: Tensor) -> Tensor:

@@ -59,10 +59,12 @@ def run_cli(tmp_path):
     """Run `python -m tasks.run` in a subprocess: (exit code, stdout, stderr)."""
 
     def run(*argv, env=None):
-        proc = subprocess.run(
-            [sys.executable, "-m", "tasks.run", *map(str, argv)],
-            cwd=tmp_path, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
-        )
+        merged = {**os.environ, **(env or {})}
+        if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+            # Added in front, not instead: this package may itself be installed on PYTHONPATH.
+            merged["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
+        proc = subprocess.run([sys.executable, "-m", "tasks.run", *map(str, argv)],
+                              cwd=tmp_path, env=merged, capture_output=True, text=True, timeout=120)
         return proc.returncode, proc.stdout, proc.stderr
 
     return run

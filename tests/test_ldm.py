@@ -96,7 +96,8 @@ def test_the_cache_holds_the_first_stages_moments(runs):
     images = torch.stack([data[i]["image"] for i in range(5)])
     assert cached.shape == (len(data), 4, 4, 4), "mean and log-variance of 2 channels at 4x4"
     with torch.no_grad():
-        assert np.allclose(cached[:5], trained.module.moments(images).numpy(), atol=1e-5)
+        # Cached in batches of another size: float32 rounding may differ by batch size on some CPUs.
+        assert np.allclose(cached[:5], trained.module.moments(images).numpy(), rtol=1e-4, atol=1e-5)
     assert np.load(folder / "label.npy").tolist() == [data[i]["label"] for i in range(len(data))], "fields cached too"
 
 
@@ -153,6 +154,33 @@ def test_bad_sampling_requests_are_one_sentence_errors(runs, capsys):
     assert run(runs, {**base, "conditions": {"label": [1, 2]}, "num_images": 3, "model": {"run": "nope"}}) == 2
     assert "model.run: 'nope' is not a run" in capsys.readouterr().err
     assert not (runs / "runs" / "bad-sample").exists()
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m_sde", "plms"])
+def test_guided_sampling_keeps_every_tensor_on_the_denoisers_device(registry, sampler):
+    # Conditioners on the CPU, the UNet and the latents on a meta device, which refuses CPU
+    # tensors as CUDA does: context, concat map and vector must all follow the latents.
+    from core.diffusion import NoiseSchedule, beta_schedule
+    from core.specs import DenoiserSpec
+    from tasks.ldm import SamplingSpec, generate
+
+    def use(name, params):
+        return ConditionerUse.model_validate({"name": name, "params": params}, context={"registry": registry})
+
+    uses = [use("class_label", {"num_classes": 3, "dim": 8}),
+            use("low_res", {"factor": 2, "lowres_factor": 2, "image_channels": 1, "vector_dim": 16})]
+    unet = DenoiserSpec.model_validate({"name": "unet", "params": {**UNET["params"], "in_channels": 3, "out_channels": 2,
+                                                                   "context_dim": 8, "vector_dim": 16}},
+                                       context={"registry": registry})
+    model = LatentDiffusion(unet.build(), [u.build() for u in uses], uses).eval()
+    model.denoiser.to("meta")
+    sampling = SamplingSpec.model_validate({"sampler": {"name": sampler}, "steps": 3, "guidance": 2.0},
+                                           context={"registry": registry})
+    schedule = NoiseSchedule(beta_schedule("scaled_linear", 1000, 0.00085, 0.012))
+    batch = {"label": torch.tensor([0, 1]), "lowres": torch.zeros(2, 1, 4, 4)}
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = generate(model, schedule, sampling, batch, torch.empty(2, 2, 4, 4, device="meta"), generators)
+    assert out.device.type == "meta" and out.shape == (2, 2, 4, 4)
 
 
 def test_gradients_reach_trainable_parts_and_not_frozen_conditioners(registry):

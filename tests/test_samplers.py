@@ -214,3 +214,32 @@ def test_masked_sampling_keeps_the_masked_region_and_samples_the_rest(name):
                - data.distance(free.mean().item(), free.std().item())) < 0.01
     with pytest.raises(ValueError, match="a mask needs the latent it keeps"):
         sample(build(name), data.denoise, noise, levels, mask=mask)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.names("sampler")))
+def test_sampling_keeps_every_tensor_on_the_latents_device(name):
+    # Levels live on the CPU; latents on a GPU must never meet a CPU tensor of more than one
+    # number. A meta device refuses that mixing as CUDA does, so this runs without a GPU.
+    levels = sigmas(SCHEDULE, 4, "logsnr")
+    noise, init = torch.empty(3, 2, 4, 4, device="meta"), torch.empty(3, 2, 4, 4, device="meta")
+    mask = torch.empty(3, 1, 4, 4, device="meta")
+
+    def denoise(x, sigma):
+        assert sigma.device == x.device and sigma.shape == (3,)
+        return x * 0.5
+
+    for kwargs in ({}, {"init": init, "strength": 0.5}, {"init": init, "mask": mask}):
+        out = sample(build(name), denoise, noise, levels, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert out.device.type == "meta" and out.shape == noise.shape
+
+
+def test_the_adapter_gives_the_network_its_inputs_on_the_latents_device():
+    seen = []
+
+    def network(x_t, t):
+        seen.append((x_t.device.type, t.device.type))
+        return x_t
+
+    x = torch.empty(2, 3, device="meta")
+    denoiser(network, SCHEDULE, "eps")(x, torch.ones(2))  # levels come from the CPU
+    assert seen == [("meta", "meta")]

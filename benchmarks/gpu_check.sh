@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, as one script for a lent GPU machine (see CONTRIBUTING.md):
+# the test suite on the GPU, the quickstart trained in bf16-mixed, and the speed benchmarks on
+# the GPU. Logs go to $OUT (default ./gpu-out).
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root
+#
+# The machine's Python must hold torch with CUDA; packages it lacks travel as wheels in .whl/
+# (pydantic, lightning-fabric, diffusers, ...), installed into /tmp/site.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+# The package itself, for its entry points (the built-in plugins are found through them).
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, report the exit code
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name: exit $? in $((SECONDS - start)) s"
+}
+
+step pytest 200 python3 -m pytest -q -p no:cacheprovider -rfE --maxfail=25
+tail -n 25 "$OUT/pytest.log"
+
+mkdir -p /tmp/gpu-runs
+step quickstart_bf16 120 python3 -m tasks.run configs/quickstart.json --runs-dir /tmp/gpu-runs \
+    --set runtime.accelerator=cuda --set runtime.precision=bf16-mixed
+tail -c 600 "$OUT/quickstart_bf16.log"; echo
+cat /tmp/gpu-runs/quickstart-autoencoder/validation.json; echo
+tail -n 1 /tmp/gpu-runs/quickstart-autoencoder/metrics.jsonl
+tail -n 1 /tmp/gpu-runs/quickstart-ldm/metrics.jsonl
+cp /tmp/gpu-runs/quickstart-samples/grid.png "$OUT/quickstart_bf16_grid.png" 2>/dev/null
+
+step unet_fp32 45 python3 benchmarks/unet_vs_diffusers.py --device cuda --rounds 20 --warmup 5
+step unet_bf16 45 python3 benchmarks/unet_vs_diffusers.py --device cuda --precision bf16-mixed --rounds 20 --warmup 5
+step unet_bf16_b256 45 python3 benchmarks/unet_vs_diffusers.py --device cuda --precision bf16-mixed --batch 256 --rounds 10 --warmup 3
+step engine_overhead 70 python3 benchmarks/engine_overhead.py --device cuda --steps 110 --rounds 3
+for name in unet_fp32 unet_bf16 unet_bf16_b256 engine_overhead; do tail -n 4 "$OUT/$name.log"; done
