@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from core import TaskSpec
-from tasks import inspection, latent_stats, pipeline, sample, train_autoencoder, train_ldm
+from tasks import evaluate, inspection, latent_stats, pipeline, sample, train_autoencoder, train_ldm
 from tasks.context import RunContext
 
 
@@ -19,6 +19,7 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
+    "evaluate": Task(evaluate.EvaluateSpec, evaluate.run),
     "inspect": Task(inspection.InspectSpec, inspection.run),
     "latent_stats": Task(latent_stats.LatentStatsSpec, latent_stats.run),
     "pipeline": Task(pipeline.PipelineSpec, pipeline.run),

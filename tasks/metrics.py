@@ -35,3 +35,19 @@ def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     c1, c2 = 0.01**2, 0.03**2
     score = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return score.flatten(1).mean(1)
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """The Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), in float64 (FID's formula).
+
+    tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of the symmetric
+    S_a^(1/2) S_b S_a^(1/2), which stays exact where S_a is singular (fewer samples than D).
+    """
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()

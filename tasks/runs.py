@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from core import ComponentSpec, SpecError, UserError
+from core import ComponentSpec, SpecError, TaskSpec, UserError
 from core.validation import validate_task
 from tasks.context import RunContext
 from tasks.engine.checkpoint import Checkpoints, load_weights, read_weights
@@ -30,9 +30,9 @@ class Trained:
     extra: dict[str, Tensor]
 
 
-def load_trained(ref: RunRef, ctx: RunContext, model: str, field: str) -> Trained:
-    """Model ``model`` of run ``ref.run`` under ``ctx.runs_dir``; ``field`` names the spec field
-    holding the reference, for messages. A :class:`UserError` says what is missing."""
+def run_spec(ref: RunRef, ctx: RunContext, field: str) -> TaskSpec:
+    """The validated spec of run ``ref.run``; ``field`` names the spec field holding the
+    reference, for messages. A :class:`UserError` if there is no such run or it no longer validates."""
     from tasks.catalog import spec_models  # the catalog imports the tasks that import this module
 
     run = ctx.runs_dir / ref.run
@@ -40,11 +40,18 @@ def load_trained(ref: RunRef, ctx: RunContext, model: str, field: str) -> Traine
         raise UserError(f"{field}.run: {ref.run!r} is not a run in {str(ctx.runs_dir)!r} (no spec.json); "
                         "train it first, or give --runs-dir where it lives")
     try:
-        spec = validate_task(json.loads((run / "spec.json").read_text()), spec_models(), ctx.registry,
+        return validate_task(json.loads((run / "spec.json").read_text()), spec_models(), ctx.registry,
                              source=str(run / "spec.json"))
     except SpecError as exc:
         raise UserError(f"{field}.run: the spec of {ref.run!r} no longer validates with the installed "
                         f"components ({exc})") from None
+
+
+def load_trained(ref: RunRef, ctx: RunContext, model: str, field: str) -> Trained:
+    """Model ``model`` of run ``ref.run`` under ``ctx.runs_dir``; ``field`` names the spec field
+    holding the reference, for messages. A :class:`UserError` says what is missing."""
+    run = ctx.runs_dir / ref.run
+    spec = run_spec(ref, ctx, field)
     component = getattr(spec, "trained_components", {}).get(model)
     if component is None:
         raise UserError(f"{field}.run: {ref.run!r} (task {spec.task}) trained no {model}")

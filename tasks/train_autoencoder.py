@@ -17,6 +17,7 @@ from pydantic import model_validator
 from torch import Tensor, nn
 
 from core import Dataset, FirstStageSpec, SpecModel
+from tasks import judges
 from tasks.ae_losses import (
     LPIPS,
     AdversarialLoss,
@@ -31,8 +32,7 @@ from tasks.ae_losses import (
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
 from tasks.engine.rundir import atomic_write
-from tasks.latents import image_batches, latent_statistics
-from tasks.metrics import psnr, ssim
+from tasks.latents import latent_statistics
 
 
 class AutoencoderLoss(SpecModel):
@@ -156,25 +156,8 @@ class AutoencoderObjective(Objective):
             held_out = data.cls(data.params.model_copy(update={"split": "val"}))
         else:
             held_out, split = self.dataset, "train"
-        sums = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # psnr, ssim, images
-        histogram = None
-        for x in image_batches(held_out, batch, fabric):
-            reconstruction = model(x)[0]
-            sums += torch.stack([psnr(x, reconstruction).sum(), ssim(x, reconstruction).sum(),
-                                 torch.tensor(float(len(x)), device=x.device)]).double()
-            codes = model.code_histogram(x)
-            histogram = codes if histogram is None or codes is None else histogram + codes
-        sums = fabric.all_reduce(sums, reduce_op="sum")
-        report: dict[str, Any] = {
-            "split": split, "examples": int(sums[2]), "psnr": (sums[0] / sums[2]).item(),
-            "ssim": (sums[1] / sums[2]).item(),
-            "latent_mean": mean.tolist(), "latent_std": std.tolist(),
-        }
-        if histogram is not None:
-            histogram = fabric.all_reduce(histogram.double(), reduce_op="sum")
-            p = histogram / histogram.sum()
-            report["codebook_usage"] = (histogram > 0).double().mean().item()
-            report["codebook_perplexity"] = torch.exp(-(p * torch.log(p + 1e-12)).sum()).item()
+        report: dict[str, Any] = {"split": split, **judges.reconstruction(fabric, model, held_out, batch),
+                                  "latent_mean": mean.tolist(), "latent_std": std.tolist()}
         if fabric.is_global_zero:
             atomic_write(run_dir / "validation.json", json.dumps(report, indent=2).encode())
         return {"latent_mean": mean, "latent_std": std}
