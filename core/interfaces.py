@@ -15,7 +15,7 @@ The module-based interfaces are plain :class:`torch.nn.Module` subclasses, tied 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -217,6 +217,15 @@ class Conditioner(Component, nn.Module, abc.ABC):
         """How many times smaller than the image its concat maps are (a pipeline checks that
         this is the first stage's f); ``None`` when it gives no concat part."""
         return None
+
+    def fit(self, values: Sequence[Any]) -> None:
+        """Learn what must be known before training from the training data (e.g. a vocabulary).
+
+        Called once by ``train_ldm`` before training, with the field's value for every
+        training example. What it learns must live in the module's state dict, so that it
+        travels with the weights (a resumed run then loads it from the checkpoint). By
+        default nothing.
+        """
 
     @abc.abstractmethod
     def forward(self, y: Any) -> Conditioning:

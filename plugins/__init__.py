@@ -28,6 +28,7 @@ def ldm_register(registry):
     )
     from plugins.semantic_map import SemanticMap
     from plugins.shapes import Shapes
+    from plugins.text_bert import TextBert
     from plugins.unet import UNet
     from plugins.vq import VQ
 
@@ -48,5 +49,6 @@ def ldm_register(registry):
     registry.add("plms", PlmsSampler)
     registry.add("semantic_map", SemanticMap)
     registry.add("shapes", Shapes)
+    registry.add("text_bert", TextBert)
     registry.add("unet", UNet)
     registry.add("vq", VQ)

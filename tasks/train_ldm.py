@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from core import Dataset, DenoiserSpec, UserError
+from core import Conditioner, Dataset, DenoiserSpec, UserError
 from core.diffusion import diffusion_loss, min_snr_weights, offset_noise
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
@@ -90,6 +90,10 @@ class LdmObjective(Objective):
         self.mean, self.std = mean[None, :, None, None], std[None, :, None, None]
         self.schedule = spec.diffusion.noise_schedule()
         self.nets["ldm"] = spec.build()
+        for module in self.nets["ldm"].conditioners:
+            if type(module).fit is not Conditioner.fit:  # only those that learn from the data read it all
+                field = module.reads(module.params)
+                module.fit([dataset[i][field] for i in range(len(dataset))])
         self._check_data(first_stage)
 
     def _check_data(self, first_stage: Trained) -> None:

@@ -228,8 +228,10 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: st
     own = module.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
+    # A module's extra state (e.g. a tokenizer as bytes) is its own business, of any length.
     wrong = [f"{key} (checkpoint {tuple(weights[key].shape)}, model {tuple(value.shape)})"
-             for key, value in own.items() if key in weights and weights[key].shape != value.shape]
+             for key, value in own.items()
+             if key in weights and not key.endswith("_extra_state") and weights[key].shape != value.shape]
     problems = [f"{label}: {_some(keys)}" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
     if problems:

@@ -1,0 +1,165 @@
+"""``text_bert``: a caption -> BERT WordPiece tokens -> a transformer encoder trained with the
+UNet, its token states the cross-attention context (the paper's text-to-image conditioner).
+
+The tokenizer is fitted on the training captions (deterministically, by :meth:`fit`: whole
+words by frequency, over every character seen) unless
+``tokenizer`` names a local ``vocab.txt`` (BERT's WordPiece vocabulary, one token a line) or a
+``tokenizer.json`` (the ``tokenizers`` library's format). Either way it is kept in the state
+dict as bytes (the module's extra state), so a trained run samples with exactly the
+tokenizer it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, field_validator
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from torch import Tensor, nn
+
+from core import Conditioner, Conditioning, ConditioningShape, Params
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+"""BERT's special tokens, ids 0..3 in a fitted vocabulary; [PAD] must be id 0 in a given one too."""
+
+
+def _bert_pipeline(model: models.Model) -> Tokenizer:
+    """A tokenizer around ``model`` that splits and lower-cases text as BERT uncased does."""
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tokenizer
+
+
+def fit_wordpiece(texts: Sequence[str], vocab_size: int) -> Tokenizer:
+    """A WordPiece tokenizer of at most ``vocab_size`` tokens for ``texts``: the special
+    tokens, every character seen (alone and as a ``##`` continuation, so any word can be
+    spelled), then whole words from the most frequent down (ties alphabetical).
+
+    The same texts give the same tokenizer in any order and any process; the ``tokenizers``
+    library's own WordPiece trainer is not used because it breaks ties in hash order.
+    """
+    splitter = _bert_pipeline(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text)))
+    characters = sorted({c for word in counts for c in word})
+    pieces = [*SPECIALS, *characters, *(f"##{c}" for c in characters)]
+    if len(pieces) > vocab_size:
+        raise ValueError(f"the captions hold {len(characters)} characters, which with the special tokens need "
+                         f"vocab_size {len(pieces)}; raise vocab_size to at least that")
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in pieces]
+    vocab = {token: i for i, token in enumerate([*pieces, *words][:vocab_size])}
+    return _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"))
+
+
+def _load(path: Path) -> Tokenizer:
+    if path.suffix == ".json":
+        return Tokenizer.from_file(str(path))
+    return _bert_pipeline(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
+
+
+class TextBert(Conditioner):
+    """BERT-style text encoder: WordPiece tokens, learned positions, a pre-norm transformer
+    encoder with a padding mask; context (B, max_length, width)."""
+
+    class Params(Params):
+        tokenizer: Literal["fit"] | Path = Field("fit", description=(
+            "'fit': a WordPiece vocabulary trained on the training captions; or a local vocab.txt / tokenizer.json."))
+        vocab_size: PositiveInt = Field(1000, description="Rows of the token embedding; a fitted vocabulary has at most this many.")
+        max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
+        width: PositiveInt = Field(128, description="Token width d of the context (B, max_length, d).")
+        layers: PositiveInt = Field(2, description="Transformer encoder layers.")
+        heads: PositiveInt = Field(4, description="Attention heads; must divide width.")
+        ff_mult: PositiveInt = Field(4, description="Feed-forward width as a multiple of width.")
+        dropout: float = Field(0.0, ge=0, lt=1)
+        field: str = Field("caption", description="The example field holding the caption.")
+
+        @field_validator("tokenizer")
+        @classmethod
+        def _exists(cls, value: Literal["fit"] | Path) -> Literal["fit"] | Path:
+            if value != "fit" and not Path(value).is_file():
+                raise ValueError(f"{str(value)!r} is not a file; give a local vocab.txt or tokenizer.json, or 'fit'")
+            return value
+
+        @field_validator("heads")
+        @classmethod
+        def _divides(cls, heads: int, info) -> int:
+            width = info.data.get("width")
+            if width is not None and width % heads:
+                raise ValueError(f"{heads} heads do not divide width {width}; use a divisor of it")
+            return heads
+
+    def __init__(self, params: TextBert.Params) -> None:
+        super().__init__(params)
+        p = params
+        self.tokens = nn.Embedding(p.vocab_size, p.width)
+        self.positions = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(p.width, p.heads, p.ff_mult * p.width, p.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        # No nested-tensor fast path: it would zero padded positions in eval mode only.
+        self.encoder = nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(p.width)
+        self.null = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
+        if p.tokenizer == "fit":
+            self._use(fit_wordpiece([], p.vocab_size))  # only the special tokens until fit()
+        else:
+            self._use(_load(Path(p.tokenizer)))
+
+    def _use(self, tokenizer: Tokenizer) -> None:
+        size = tokenizer.get_vocab_size()
+        if size > self.params.vocab_size:
+            raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.params.vocab_size}; "
+                             f"set vocab_size to at least {size}")
+        if tokenizer.token_to_id("[PAD]") != 0:
+            raise ValueError("the tokenizer's [PAD] token must have id 0")
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        tokenizer.enable_truncation(self.params.max_length)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=self.params.max_length)
+        self.tokenizer = tokenizer
+
+    def fit(self, values: Sequence[str]) -> None:
+        """Train the WordPiece vocabulary on the training captions (with ``tokenizer: "fit"``)."""
+        if self.params.tokenizer == "fit":
+            self._use(fit_wordpiece(list(values), self.params.vocab_size))
+
+    def get_extra_state(self) -> Tensor:
+        """The tokenizer as UTF-8 JSON bytes (uint8), stored in the state dict beside the weights."""
+        return torch.frombuffer(bytearray(self.tokenizer.to_str().encode()), dtype=torch.uint8).clone()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self._use(Tokenizer.from_str(bytes(state.cpu().numpy()).decode()))
+
+    @classmethod
+    def reads(cls, params: TextBert.Params) -> str:
+        return params.field
+
+    @classmethod
+    def produces(cls, params: TextBert.Params) -> ConditioningShape:
+        return ConditioningShape(context=params.width)
+
+    def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"text_bert takes a list of caption strings, got {type(captions).__name__}")
+        encoded = self.tokenizer.encode_batch(list(captions))
+        device = self.tokens.weight.device
+        ids = torch.tensor([e.ids for e in encoded], dtype=torch.long, device=device)
+        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.bool, device=device)
+        return ids, mask
+
+    def forward(self, y: Sequence[str]) -> Conditioning:
+        """Captions (a list of B strings) -> context (B, max_length, width)."""
+        ids, mask = self.token_ids(y)
+        x = self.tokens(ids) + self.positions
+        return Conditioning(context=self.norm(self.encoder(x, src_key_padding_mask=~mask)))
+
+    def unconditional(self, cond: Conditioning) -> Conditioning:
+        """Learned "no caption" tokens, repeated over the batch of ``cond``."""
+        return Conditioning(context=self.null.to(cond.context.dtype).expand(cond.batch_size, -1, -1))

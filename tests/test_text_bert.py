@@ -1,0 +1,101 @@
+"""`text_bert`: the contract, a deterministic vocabulary that travels with the weights, the
+padding mask, and a text-conditioned LDM that trains with it."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.conftest import TINY_AE
+from tests.test_ldm import LDM, run
+from core.testing import ConditionerContract
+from plugins.text_bert import TextBert, fit_wordpiece
+
+CAPTIONS = ["a red circle", "a blue square and a green triangle", "a cyan triangle", "a magenta circle and a yellow square"]
+
+
+class TestTextBert(ConditionerContract):
+    component = TextBert
+    params = {"vocab_size": 64, "max_length": 8, "width": 16, "layers": 1, "heads": 2}
+
+    def example(self, batch_size, generator):
+        picks = torch.randint(len(CAPTIONS), (batch_size,), generator=generator).tolist()
+        return [CAPTIONS[i] for i in picks]
+
+
+def small(**params):
+    return TextBert(TextBert.Params(**{**TestTextBert.params, **params}))
+
+
+def test_the_fitted_vocabulary_is_the_same_in_any_order_and_process():
+    code = ("from plugins.text_bert import fit_wordpiece; import json; "
+            f"print(json.dumps(fit_wordpiece({CAPTIONS!r}, 64).get_vocab(), sort_keys=True))")
+    found = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+             for _ in range(3)}
+    assert len(found) == 1
+    assert json.loads(found.pop()) == fit_wordpiece(CAPTIONS[::-1] * 3, 64).get_vocab()
+    tokens = fit_wordpiece(CAPTIONS, 64).encode("a red circle").tokens
+    assert tokens == ["a", "red", "circle"]
+    assert fit_wordpiece(CAPTIONS, 40).encode("red").tokens == ["r", "##e", "##d"], "short of room, words are spelled"
+
+
+def test_fit_learns_the_words_and_the_weights_carry_the_tokenizer():
+    module = small()
+    before, _ = module.token_ids(["a red circle"])
+    assert before[0, 1:4].tolist() == [1, 1, 1], "unfitted: every word is [UNK]"
+    module.fit(CAPTIONS * 5)
+    ids, mask = module.token_ids(["a red circle"])
+    assert ids[0, 0] == 2 and ids[0, 4] == 3 and mask[0].tolist() == [True] * 5 + [False] * 3  # [CLS] ... [SEP] [PAD]...
+    fresh = small()
+    fresh.load_state_dict(module.state_dict())
+    assert torch.equal(fresh.token_ids(["a red circle"])[0], ids)
+    assert torch.equal(fresh.eval()(CAPTIONS).context, module.eval()(CAPTIONS).context)
+
+
+def test_padding_does_not_change_the_real_tokens_states():
+    module = small().eval()
+    module.fit(CAPTIONS)
+    alone = module(["a red circle"]).context
+    longer = small(max_length=12).eval()
+    longer.load_state_dict({k: v for k, v in module.state_dict().items() if k not in ("positions", "null")}, strict=False)
+    with torch.no_grad():
+        longer.positions[:8] = module.positions
+    assert torch.allclose(longer(["a red circle"]).context[:, :5], alone[:, :5], atol=1e-5)
+
+
+def test_a_given_vocabulary_file_is_used_and_bad_ones_are_refused(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "circle"]) + "\n")
+    module = small(tokenizer=str(vocab))
+    assert module.token_ids(["A red circle!"])[0][0, :5].tolist() == [2, 4, 5, 6, 1]
+    module.fit(["something else"])  # a given vocabulary is kept
+    assert module.tokenizer.get_vocab_size() == 7
+    with pytest.raises(ValidationError, match="is not a file"):
+        TextBert.Params(tokenizer=str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="set vocab_size to at least 7"):
+        small(tokenizer=str(vocab), vocab_size=5)
+    with pytest.raises(ValidationError, match="do not divide width"):
+        TextBert.Params(width=16, heads=3)
+    with pytest.raises(ValueError, match="list of caption strings"):
+        small()("a red circle")
+
+
+def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tmp_path):
+    data = {"name": "shapes", "params": {"size": 8, "num_examples": 64, "max_objects": 1}}
+    ae = {**copy.deepcopy(TINY_AE), "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}},
+          "train": {**TINY_AE["train"], "max_steps": 4, "checkpoint_every": 4}}
+    ae["model"]["params"]["in_channels"] = 3
+    assert run(tmp_path, ae) == 0
+    ldm = {**LDM, "data": data, "conditioners": [{"name": "text_bert", "params": TestTextBert.params, "drop_rate": 0.1}],
+           "train": {**LDM["train"], "max_steps": 6, "checkpoint_every": 6}}
+    assert run(tmp_path, ldm) == 0
+    from tasks.api import load
+
+    pipe = load(tmp_path / "runs" / "ldm")
+    assert pipe.ldm.conditioners[0].token_ids(["a red circle"])[0][0, 1:4].ne(1).all(), "the vocabulary was fitted"
+    images = pipe.sample({"caption": ["a red circle", "a blue square"]}, steps=2, guidance=2.0)
+    assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
