@@ -289,6 +289,12 @@ class Dataset(Component, torch.utils.data.Dataset, abc.ABC):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """The example at ``index`` as a dict of its fields."""
 
+    def caption_matches(self, images: Tensor, captions: Sequence[str]) -> tuple[Tensor, list[str]] | None:
+        """Whether each image (N, C, H, W) in [-1, 1] shows what its caption says: a bool
+        tensor (N,) and a group name per caption for reports (e.g. "2 objects"). ``None``, the
+        default, where the dataset cannot read its own captions in pixels (most cannot)."""
+        return None
+
 
 INTERFACES: dict[str, type[Component]] = {
     "first_stage": FirstStage,

@@ -6,14 +6,17 @@ on every machine and every run, and nothing is stored or downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 from pydantic import Field, PositiveInt, model_validator
 
 from core import Dataset, ExampleShape
 from core.data import DataParams, fields_with_lowres, split_indices, with_lowres
+from plugins.shapes_captions import objects, parse
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
@@ -107,3 +110,13 @@ class Shapes(Dataset):
             "segmentation": torch.from_numpy(segmentation),
         }
         return with_lowres(example, p)
+
+    def caption_matches(self, images: Tensor, captions: Sequence[str]) -> tuple[Tensor, list[str]]:
+        """Whether each image shows exactly its caption's objects, each of the right colour and
+        shape (read back from its pixels, see :mod:`plugins.shapes_captions`); grouped by count."""
+        p = self.params
+        min_area = (p.min_extent * p.size) ** 2 / 4  # a quarter of the smallest object's box
+        wanted = [parse(caption, tuple(COLOURS), SHAPES) for caption in captions]
+        matches = [objects(image, COLOURS, SHAPES, min_area) == want for image, want in zip(images, wanted, strict=True)]
+        groups = [f"{sum(want.values())} object{'s' if sum(want.values()) > 1 else ''}" for want in wanted]
+        return torch.tensor(matches), groups

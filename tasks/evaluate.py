@@ -10,9 +10,11 @@ What is measured follows from the run:
   beside real training vs validation (the floor);
 - an unconditional LDM: that Frechet distance, where the data has class labels to train the
   reference classifier on;
-- an LDM conditioned on data (low-res images, maps): samples from the first ``num_images``
-  validation examples' conditions; super-resolution against the truth beside bicubic
-  upsampling; maps by the IoU of sample and map foregrounds;
+- an LDM conditioned on data (low-res images, maps, captions): samples from the first
+  ``num_images`` validation examples' conditions; super-resolution against the truth beside
+  bicubic upsampling; maps by the IoU of sample and map foregrounds; captions by whether
+  the sample shows what its caption says, where the dataset can read captions from pixels
+  (``Dataset.caption_matches``: ``shapes`` can);
 - with ``features``: also the Frechet distance in a network the user supplies as a local
   TorchScript file (e.g. Inception, for FID on their own data).
 
@@ -86,9 +88,9 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
     if unknown:
         raise UserError(f"model.run: {spec.model.run!r} reads {unknown}, which {data.name} does not give")
     texts = [key for key in fields if isinstance(example[key], str)]
-    if texts:
-        raise UserError(f"model.run: {spec.model.run!r} is conditioned on text ({texts}); this version of evaluate "
-                        "has no measure for text conditions yet; use the sample task and look at the grid")
+    if texts and val.caption_matches(torch.stack([example["image"]]), [example[texts[0]]]) is None:
+        raise UserError(f"model.run: {spec.model.run!r} is conditioned on text ({texts}) and {data.name} cannot read "
+                        "its captions back from pixels; no measure applies (use the sample task and look at the grid)")
     label = _class_field(example, fields)
     if fields and label is not None and len(fields) == 1:
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
@@ -112,6 +114,10 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
     tables: dict[str, list[float]] = {}
     if "lowres" in fields:
         metrics.update(judges.super_resolution(images, truth, torch.stack(conditions["lowres"])))
+    for key in texts:
+        found, table = judges.captions(val, images, truth, conditions[key])
+        metrics.update(found)
+        tables.update(table)
     for key in fields:
         maps = conditions[key]
         if isinstance(maps[0], Tensor) and maps[0].ndim == 2 and not maps[0].is_floating_point():

@@ -106,6 +106,22 @@ def layout(images: Tensor, maps: Tensor, real: Tensor) -> tuple[dict[str, float]
              "images": len(images)}, {"foreground iou by map class (1..)": by_class})
 
 
+def captions(data: Dataset, images: Tensor, real: Tensor, texts: list[str]
+             ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Samples from captions, read back by the dataset (:meth:`core.Dataset.caption_matches`):
+    the fraction that show exactly what their caption says, overall and by the dataset's
+    groups, beside the same reading of the real images (the judge's own accuracy)."""
+    matches, groups = data.caption_matches(images, texts)
+    on_real, _ = data.caption_matches(real, texts)
+    metrics = {"caption_match": matches.double().mean().item(), "judge_match_on_real": on_real.double().mean().item(),
+               "images": len(images)}
+    for group in sorted(set(groups)):
+        chosen = torch.tensor([g == group for g in groups])
+        metrics[f"caption_match {group}"] = matches[chosen].double().mean().item()
+        metrics[f"judge_match_on_real {group}"] = on_real[chosen].double().mean().item()
+    return metrics, {}
+
+
 @torch.no_grad()
 def feature_distance(network: Any, images: Tensor, real: Tensor, batch_size: int = 100) -> dict[str, float]:
     """The Frechet distance between samples and real images in the features (N, D) of a

@@ -128,3 +128,27 @@ def test_bad_evaluations_are_one_sentence_errors(runs, tmp_path, capsys):
     assert evaluate(runs, "bad", sampling={"steps": 5000}) == 2
     assert "5000 is more than the 1000 timesteps" in capsys.readouterr().err
     assert not (runs / "runs" / "bad").exists()
+
+
+def test_the_caption_judge_reads_real_shapes_and_refuses_what_they_do_not_show():
+    data = DatasetSpec.model_validate({"name": "shapes", "params": {"size": 32, "num_examples": 300, "split": "val"}},
+                                      context={"registry": REGISTRY}).build()
+    images, captions = stacked(data, "image"), [data[i]["caption"] for i in range(len(data))]
+    found, _ = judges.captions(data, images, images, captions)
+    assert found["caption_match"] == found["judge_match_on_real"] == 1.0
+    assert found["caption_match 1 object"] == found["caption_match 2 objects"] == 1.0
+    # Colour bound to shape: the same words with colours swapped between the objects do not match.
+    two, swapped = [], []
+    for i, caption in enumerate(captions):
+        if " and " in caption:
+            (_, c1, s1), (_, c2, s2) = (part.split() for part in caption.split(" and "))
+            if c1 != c2 and s1 != s2:
+                two.append(i)
+                swapped.append(f"a {c2} {s1} and a {c1} {s2}")
+    assert len(two) >= 5
+    matches, _ = data.caption_matches(images[two], swapped)
+    assert not matches.any()
+    matches, _ = data.caption_matches(torch.full_like(images[:5], -1), captions[:5])
+    assert not matches.any(), "a blank image shows nothing"
+    with pytest.raises(ValueError, match="is not a shapes caption"):
+        data.caption_matches(images[:1], ["two red circles"])

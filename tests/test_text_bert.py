@@ -99,3 +99,8 @@ def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tm
     assert pipe.ldm.conditioners[0].token_ids(["a red circle"])[0][0, 1:4].ne(1).all(), "the vocabulary was fitted"
     images = pipe.sample({"caption": ["a red circle", "a blue square"]}, steps=2, guidance=2.0)
     assert images.shape == (2, 3, 8, 8) and torch.isfinite(images).all()
+    code = run(tmp_path, {"task": "evaluate", "name": "eval", "runtime": {"accelerator": "cpu"}, "model": {"run": "ldm"},
+                          "num_images": 6, "sampling": {"steps": 2, "guidance": 2.0}})
+    assert code == 0
+    metrics = json.loads((tmp_path / "runs" / "eval" / "eval.json").read_text())["metrics"]
+    assert 0 <= metrics["caption_match"] <= 1 and metrics["images"] == 6 and "judge_match_on_real" in metrics
