@@ -41,35 +41,33 @@ def reconstruction(fabric: Fabric, model: nn.Module, dataset: Dataset, batch_siz
     return report
 
 
-def classes(judge: ReferenceClassifier, images: Tensor, labels: Tensor, train: Dataset, val: Dataset,
-            field: str) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Class-conditional samples judged by the reference classifier: the accuracy of its
-    predictions against the labels asked for, and the Frechet distance in its features
-    between the samples and the real validation split, beside the same distance between
-    the real training and validation splits (the floor) and their ratio."""
-    predicted, generated = judge.run(images)
+def _distances(judge: ReferenceClassifier, generated: Tensor, train: Dataset, val: Dataset) -> dict[str, float]:
+    """The Frechet distance of features ``generated`` to the real validation split's, beside
+    real training vs validation (the floor), and their ratio."""
     _, real_val = judge.run(stacked(val, "image"))
     _, real_train = judge.run(stacked(train, "image"))
     distance, floor = frechet_distance(generated, real_val), frechet_distance(real_train, real_val)
+    return {"frechet_distance": distance, "frechet_real_train_vs_val": floor, "frechet_ratio": distance / floor,
+            "images": len(generated), "real_val_images": len(real_val)}
+
+
+def classes(judge: ReferenceClassifier, images: Tensor, labels: Tensor, train: Dataset, val: Dataset,
+            field: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Class-conditional samples judged by the reference classifier: the accuracy of its
+    predictions against the labels asked for (its own validation accuracy beside), and the
+    Frechet distances of :func:`distribution`."""
+    predicted, generated = judge.run(images)
     correct = (predicted == labels).double()
     per_class = [correct[labels == c].mean().item() for c in range(judge.classes) if (labels == c).any()]
-    metrics = {
-        "class_accuracy": correct.mean().item(), "classifier_val_accuracy": judge.val_accuracy,
-        "frechet_distance": distance, "frechet_real_train_vs_val": floor, "frechet_ratio": distance / floor,
-        "images": len(images), "real_val_images": len(real_val),
-    }
+    metrics = {"class_accuracy": correct.mean().item(), "classifier_val_accuracy": judge.val_accuracy,
+               **_distances(judge, generated, train, val)}
     return metrics, {f"accuracy by {field}": per_class}
 
 
 def distribution(judge: ReferenceClassifier, images: Tensor, train: Dataset, val: Dataset) -> dict[str, float]:
     """Unconditional samples: the Frechet distance in the reference classifier's features to
-    the real validation split, beside real training vs validation, and their ratio."""
-    _, generated = judge.run(images)
-    _, real_val = judge.run(stacked(val, "image"))
-    _, real_train = judge.run(stacked(train, "image"))
-    distance, floor = frechet_distance(generated, real_val), frechet_distance(real_train, real_val)
-    return {"frechet_distance": distance, "frechet_real_train_vs_val": floor, "frechet_ratio": distance / floor,
-            "images": len(images), "real_val_images": len(real_val)}
+    the real validation split, beside real training vs validation (the floor), and their ratio."""
+    return _distances(judge, judge.run(images)[1], train, val)
 
 
 def super_resolution(images: Tensor, truth: Tensor, lowres: Tensor) -> dict[str, float]:
