@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from torch import Tensor, nn
 
@@ -69,6 +69,10 @@ def bert_uncased_vocab() -> Path:
     return vocab
 
 
+def _path_of(tokenizer: str | Path) -> Path:
+    return bert_uncased_vocab() if tokenizer == "bert-uncased" else Path(tokenizer)
+
+
 def _load(path: Path) -> Tokenizer:
     if path.suffix == ".json":
         return Tokenizer.from_file(str(path))
@@ -109,6 +113,15 @@ class TextBert(Conditioner):
                 raise ValueError(f"{heads} heads do not divide width {width}; use a divisor of it")
             return heads
 
+        @model_validator(mode="after")
+        def _room_for_the_vocabulary(self) -> TextBert.Params:
+            if self.tokenizer != "fit":
+                size = _load(_path_of(self.tokenizer)).get_vocab_size()
+                if size > self.vocab_size:
+                    raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.vocab_size}; "
+                                     f"set vocab_size to at least {size}")
+            return self
+
     def __init__(self, params: TextBert.Params) -> None:
         super().__init__(params)
         p = params
@@ -123,7 +136,7 @@ class TextBert(Conditioner):
         if p.tokenizer == "fit":
             self._use(fit_wordpiece([], p.vocab_size))  # only the special tokens until fit()
         else:
-            self._use(_load(bert_uncased_vocab() if p.tokenizer == "bert-uncased" else Path(p.tokenizer)))
+            self._use(_load(_path_of(p.tokenizer)))
 
     def _use(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()

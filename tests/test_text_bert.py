@@ -76,8 +76,8 @@ def test_a_given_vocabulary_file_is_used_and_bad_ones_are_refused(tmp_path):
     assert module.tokenizer.get_vocab_size() == 7
     with pytest.raises(ValidationError, match="is not a file"):
         TextBert.Params(tokenizer=str(tmp_path / "missing.txt"))
-    with pytest.raises(ValueError, match="set vocab_size to at least 7"):
-        small(tokenizer=str(vocab), vocab_size=5)
+    with pytest.raises(ValidationError, match="set vocab_size to at least 7"):
+        TextBert.Params(tokenizer=str(vocab), vocab_size=5)
     with pytest.raises(ValidationError, match="do not divide width"):
         TextBert.Params(width=16, heads=3)
     with pytest.raises(ValueError, match="list of caption strings"):
