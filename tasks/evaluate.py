@@ -58,7 +58,8 @@ class EvaluateSpec(TaskSpec):
     batch_size: PositiveInt = Field(100, description="Images sampled at once.")
     features: Path | None = Field(None, description=(
         "A TorchScript file mapping images (B, C, H, W) in [-1, 1] to features (B, D): adds a Frechet "
-        "distance in its features (e.g. FID with an Inception network you provide)."))
+        "distance in its features (e.g. FID with an Inception network you provide). TorchScript is a "
+        "program: give only a file you trust, as you would a plugin."))
 
 
 def _sample(pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int,
