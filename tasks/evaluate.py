@@ -16,7 +16,7 @@ What is measured follows from the run:
   the sample shows what its caption says, where the dataset can read captions from pixels
   (``Dataset.caption_matches``: ``shapes`` can);
 - with ``features``: also the Frechet distance in a network the user supplies as a local
-  TorchScript file (e.g. Inception, for FID on their own data).
+  ``torch.export`` archive (e.g. Inception, for FID on their own data).
 
 Writes ``eval.json`` in its own run directory, a table on the terminal and TensorBoard scalars
 with a grid of samples.
@@ -25,6 +25,7 @@ with a grid of samples.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,9 +58,9 @@ class EvaluateSpec(TaskSpec):
         "Samples of an unconditional model, or validation examples whose conditions a data-conditioned model samples from."))
     batch_size: PositiveInt = Field(100, description="Images sampled at once.")
     features: Path | None = Field(None, description=(
-        "A TorchScript file mapping images (B, C, H, W) in [-1, 1] to features (B, D): adds a Frechet "
-        "distance in its features (e.g. FID with an Inception network you provide). TorchScript is a "
-        "program: give only a file you trust, as you would a plugin."))
+        "A network saved with torch.export.save (a .pt2 file) mapping images (B, C, H, W) in [-1, 1] to "
+        "features (B, D): adds a Frechet distance in its features (e.g. FID with an Inception network you "
+        "provide). Loading it unpickles: give only a file you trust, as you would a plugin."))
 
 
 def _sample(pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int,
@@ -130,13 +131,17 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
 
 def _features(path: Path) -> Any:
     if not path.is_file():
-        raise UserError(f"features: {str(path)!r} is not a file; give the path of a TorchScript network you have "
-                        "saved (torch.jit.save), nothing is downloaded")
+        raise UserError(f"features: {str(path)!r} is not a file; give the path of a network you have saved with "
+                        "torch.export.save, nothing is downloaded")
+    # Checked first: torch.export.load logs a traceback of its own on a file that is no archive.
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"features: {str(path)!r} is not a torch.export archive; save the network with "
+                        "torch.export.save(torch.export.export(net, (images,)), path)")
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except RuntimeError as exc:
-        raise UserError(f"features: {str(path)!r} is not a TorchScript file ({str(exc).splitlines()[0]}); "
-                        "save the network with torch.jit.save") from None
+        return torch.export.load(str(path)).module()
+    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise UserError(f"features: {str(path)!r} cannot be loaded as a torch.export archive "
+                        f"({str(exc).splitlines()[0]}); save it again with torch.export.save") from None
 
 
 def run(spec: EvaluateSpec, ctx: RunContext) -> None:
