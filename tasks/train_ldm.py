@@ -90,10 +90,14 @@ class LdmObjective(Objective):
         self.mean, self.std = mean[None, :, None, None], std[None, :, None, None]
         self.schedule = spec.diffusion.noise_schedule()
         self.nets["ldm"] = spec.build()
-        for module in self.nets["ldm"].conditioners:
+        for i, (module, use) in enumerate(zip(self.nets["ldm"].conditioners, spec.conditioners, strict=True)):
             if type(module).fit is not Conditioner.fit:  # only those that learn from the data read it all
                 field = module.reads(module.params)
-                module.fit([dataset[i][field] for i in range(len(dataset))])
+                try:
+                    module.fit([dataset[j][field] for j in range(len(dataset))])
+                except ValueError as exc:
+                    raise UserError(f"conditioners.{i} ({use.name}) cannot learn from data ({spec.data.name}): "
+                                    f"{exc}") from None
         self._check_data(first_stage)
 
     def _check_data(self, first_stage: Trained) -> None:

@@ -84,7 +84,7 @@ def test_a_given_vocabulary_file_is_used_and_bad_ones_are_refused(tmp_path):
         small()("a red circle")
 
 
-def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tmp_path):
+def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tmp_path, capsys):
     data = {"name": "shapes", "params": {"size": 8, "num_examples": 64, "max_objects": 1}}
     ae = {**copy.deepcopy(TINY_AE), "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}},
           "train": {**TINY_AE["train"], "max_steps": 4, "checkpoint_every": 4}}
@@ -92,6 +92,10 @@ def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tm
     assert run(tmp_path, ae) == 0
     ldm = {**LDM, "data": data, "conditioners": [{"name": "text_bert", "params": TestTextBert.params, "drop_rate": 0.1}],
            "train": {**LDM["train"], "max_steps": 6, "checkpoint_every": 6}}
+    tiny = {**ldm, "name": "tiny-vocab", "conditioners": [{"name": "text_bert", "params": {**TestTextBert.params, "vocab_size": 8}}]}
+    assert run(tmp_path, tiny) == 2
+    assert "conditioners.0 (text_bert) cannot learn from data (shapes): the captions hold" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny-vocab").exists()
     assert run(tmp_path, ldm) == 0
     from tasks.api import load
 
