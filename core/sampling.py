@@ -101,12 +101,16 @@ def denoiser(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
     (fractional) timestep of sigma; the output is turned into the x_0 estimate it implies.
     """
     log_sigmas = schedule.sigmas.log()
+    tables: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # log_sigmas copied once per device
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         # The timestep lookup stays on the latents' device (no sync per step), in float64
         # except on MPS, which has none.
         sigma = sigma.to(x.device, torch.float32 if x.device.type == "mps" else torch.float64)
-        t = _t_from_log_sigma(log_sigmas.to(sigma.device, sigma.dtype), sigma.log())
+        key = (sigma.device, sigma.dtype)
+        if key not in tables:
+            tables[key] = log_sigmas.to(*key)
+        t = _t_from_log_sigma(tables[key], sigma.log())
         shape = (-1, *([1] * (x.ndim - 1)))
         a = (1 / (1 + sigma**2).sqrt()).to(x.dtype).reshape(shape)
         s = (sigma / (1 + sigma**2).sqrt()).to(x.dtype).reshape(shape)
