@@ -212,6 +212,10 @@ class Conditioner(Component, nn.Module, abc.ABC):
     def produces(cls, params: Params) -> ConditioningShape:
         """The parts of :class:`Conditioning` it returns and their widths, from params alone."""
 
+    trainable_by_default: ClassVar[bool] = True
+    """Whether ``train_ldm`` optimises it with the denoiser when a spec's ``trainable`` is not
+    given (a pretrained encoder sets this false and stays frozen unless asked)."""
+
     @classmethod
     def concat_factor(cls, params: Params) -> int | None:
         """How many times smaller than the image its concat maps are (a pipeline checks that

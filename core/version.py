@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.errors import UserError
 
-PLUGIN_API_VERSION = "1.2"
+PLUGIN_API_VERSION = "1.3"
 
 
 class PluginAPIError(UserError):

