@@ -1,6 +1,6 @@
 """``python -m tasks.run SPEC.json`` (also the ``ldm`` command): validate a spec, then run it.
 
-Exit codes: 0 done; 1 a failure while running; 2 the input is wrong (one message naming the
+Exit codes: 0 done; 1 a failure while running (e.g. the disk filled up); 2 the input is wrong (one message naming the
 field, the value and the fix; nothing run, nothing written); 3 stopped by SIGTERM or SIGINT
 after writing a checkpoint (``--resume`` continues).
 
@@ -99,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except TrainingFailed as exc:
         _say("failed", exc)
+        return EXIT_FAILED
+    except OSError as exc:  # a full disk, an unwritable folder: the files written before stay intact
+        where = f" {exc.filename}" if exc.filename else ""
+        _say("failed", f"cannot write or read{where}: {exc.strerror or exc}; free disk space or make the runs "
+                       "directory writable, then run again with --resume (earlier checkpoints are intact)")
         return EXIT_FAILED
     return EXIT_OK
 

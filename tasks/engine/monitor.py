@@ -16,6 +16,14 @@ from tasks.engine.rundir import RunDir, atomic_write, flatten
 from tasks.images import make_grid, save_png
 
 
+def _step_of(line: str) -> float:
+    """The step a ``metrics.jsonl`` line logged; infinity for a line a kill tore mid-write."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class Monitor:
     """Reports for one run, from step ``start`` (a resume drops anything logged after it)."""
 
@@ -29,7 +37,7 @@ class Monitor:
         # A resumed run re-does the steps after its checkpoint: drop what they logged before.
         self.writer = SummaryWriter(str(run.tensorboard), purge_step=start if start else None)
         kept = [line for line in (run.metrics.read_text().splitlines() if run.metrics.is_file() else [])
-                if json.loads(line)["step"] <= start]
+                if _step_of(line) <= start]
         atomic_write(run.metrics, "".join(f"{line}\n" for line in kept).encode())
         self.metrics = open(run.metrics, "a", encoding="utf-8")
         if start == 0:

@@ -143,15 +143,21 @@ class RunDir:
         return json.loads(self.spec.read_text())
 
 
+def _abandoned(run: RunDir) -> bool:
+    """A start killed before it wrote its spec: empty folders only, nothing to lose."""
+    return not run.spec.exists() and not any(p.is_file() for p in run.root.rglob("*"))
+
+
 def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: bool) -> RunDir:
     """The run directory for ``name``, checked against ``--resume``; writes nothing.
 
-    A :class:`UserError` if a new run would overwrite one, if ``--resume`` finds nothing to
+    A :class:`UserError` if a new run would overwrite one (a folder left by a start killed
+    before writing anything is reused), if ``--resume`` finds nothing to
     resume, or if the spec differs from the stored one in more than :data:`RESUMABLE_CHANGES`.
     """
     run = RunDir(runs_dir / name)
     if not resume:
-        if run.root.exists():
+        if run.root.exists() and not _abandoned(run):
             raise UserError(f"run directory {str(run.root)!r} already exists; continue it with --resume "
                             "or choose another name (--set name=...)")
         return run
