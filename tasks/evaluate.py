@@ -15,8 +15,6 @@ What is measured follows from the run:
   bicubic upsampling; maps by the IoU of sample and map foregrounds; captions by whether
   the sample shows what its caption says, where the dataset can read captions from pixels
   (``Dataset.caption_matches``: ``shapes`` can);
-- with ``features``: also the Frechet distance in a network the user supplies as a local
-  ``torch.export`` archive (e.g. Inception, for FID on their own data).
 
 Writes ``eval.json`` in its own run directory, a table on the terminal and TensorBoard scalars
 with a grid of samples.
@@ -25,8 +23,6 @@ with a grid of samples.
 from __future__ import annotations
 
 import json
-import zipfile
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,7 +39,7 @@ from tasks.engine.runtime import make_fabric, resolve_runtime
 from tasks.engine.specs import RunRef
 from tasks.images import make_grid, save_png
 from tasks.ldm import SamplingSpec
-from tasks.reference_classifier import reference_classifier, split_of, stacked
+from tasks.reference_classifier import reference_classifier, split_of
 from tasks.runs import load_trained, run_spec
 
 
@@ -57,10 +53,7 @@ class EvaluateSpec(TaskSpec):
     num_images: PositiveInt = Field(500, description=(
         "Samples of an unconditional model, or validation examples whose conditions a data-conditioned model samples from."))
     batch_size: PositiveInt = Field(100, description="Images sampled at once.")
-    features: Path | None = Field(None, description=(
-        "A network saved with torch.export.save (a .pt2 file) mapping images (B, C, H, W) in [-1, 1] to "
-        "features (B, D): adds a Frechet distance in its features (e.g. FID with an Inception network you "
-        "provide). Loading it unpickles: give only a file you trust, as you would a plugin."))
+
 
 
 def _sample(pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int,
@@ -81,8 +74,8 @@ def _class_field(example: dict[str, Any], fields: list[str]) -> str | None:
 
 
 def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: SamplingSpec, data: Any
-                 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor, Tensor]:
-    """(metrics, tables, samples, the real images they are compared with)."""
+                 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
+    """(metrics, tables, samples)."""
     fields = sorted({m.reads(m.params) for m in pipe.ldm.conditioners})
     train, val = split_of(data, "train"), split_of(data, "val")
     example = val[0]
@@ -99,14 +92,14 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
         labels = torch.arange(judge.classes).repeat_interleave(spec.per_class)
         images = _sample(pipe, sampling, {label: labels.tolist()}, len(labels), spec.seed, spec.batch_size)
         metrics, tables = judges.classes(judge, images, labels, train, val, label)
-        return metrics, tables, images, stacked(val, "image")
+        return metrics, tables, images
     if not fields:
         images = _sample(pipe, sampling, {}, spec.num_images, spec.seed, spec.batch_size)
         label = _class_field(example, sorted(example))
         if label is None:
-            return {"images": len(images)}, {}, images, stacked(val, "image")
+            return {"images": len(images)}, {}, images
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
-        return judges.distribution(judge, images, train, val), {}, images, stacked(val, "image")
+        return judges.distribution(judge, images, train, val), {}, images
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
@@ -126,22 +119,7 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
             found, table = judges.layout(images, torch.stack(maps), truth)
             metrics.update(found)
             tables.update(table)
-    return metrics, tables, images, truth
-
-
-def _features(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"features: {str(path)!r} is not a file; give the path of a network you have saved with "
-                        "torch.export.save, nothing is downloaded")
-    # Checked first: torch.export.load logs a traceback of its own on a file that is no archive.
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"features: {str(path)!r} is not a torch.export archive; save the network with "
-                        "torch.export.save(torch.export.export(net, (images,)), path)")
-    try:
-        return torch.export.load(str(path)).module()
-    except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise UserError(f"features: {str(path)!r} cannot be loaded as a torch.export archive "
-                        f"({str(exc).splitlines()[0]}); save it again with torch.export.save") from None
+    return metrics, tables, images
 
 
 def run(spec: EvaluateSpec, ctx: RunContext) -> None:
@@ -152,7 +130,6 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
                         f"{runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1")
     spec = spec.model_copy(update={"runtime": runtime})
     torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
-    network = _features(spec.features) if spec.features is not None else None
     trained = run_spec(spec.model, ctx, "model")
     resolved = spec.model_dump(mode="json")
     run_dir = check_run_dir(ctx.runs_dir, spec.name, resolved, resume=False)
@@ -171,9 +148,7 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
         pipe = load_pipeline(spec.model, ctx, "model", runtime.accelerator)
         sampling = spec.sampling or trained.sampling
         pipe.check(sampling, "sampling.steps")
-        metrics, tables, images, real = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
-        if network is not None:
-            metrics.update(judges.feature_distance(network, images, real))
+        metrics, tables, images = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
         report.update(checkpoint=pipe.checkpoint.name, step=pipe.step, sampler=sampling.sampler.name,
                       sampler_params=sampling.sampler.params.model_dump(mode="json"), steps=sampling.steps,
                       spacing=sampling.spacing or sampling.sampler.cls.spacing, guidance=sampling.guidance,

@@ -6,7 +6,6 @@ named numbers (plain floats, for ``eval.json``) plus tables by class where there
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from lightning_fabric import Fabric
@@ -118,13 +117,3 @@ def captions(data: Dataset, images: Tensor, real: Tensor, texts: list[str]
         metrics[f"caption_match {group}"] = matches[chosen].double().mean().item()
         metrics[f"judge_match_on_real {group}"] = on_real[chosen].double().mean().item()
     return metrics, {}
-
-
-@torch.no_grad()
-def feature_distance(network: Any, images: Tensor, real: Tensor, batch_size: int = 100) -> dict[str, float]:
-    """The Frechet distance between samples and real images in the features (N, D) of a
-    network the user supplies (e.g. an Inception network for FID)."""
-    def features(x: Tensor) -> Tensor:
-        return torch.cat([network(chunk).flatten(1).double() for chunk in x.split(batch_size)])
-
-    return {"user_frechet_distance": frechet_distance(features(images), features(real))}
