@@ -87,7 +87,7 @@ def validate_task(
     task = data.get("task")
     if task is None:
         raise SpecError([(("task",), f"this field is required; valid tasks: {valid}")], source)
-    if task not in tasks:
+    if not isinstance(task, str) or task not in tasks:
         raise SpecError([(("task",), f"unknown task {task!r}{did_you_mean(str(task), tasks)}; valid tasks: {valid}")], source)
     try:
         return tasks[task].model_validate(data, context={"registry": registry})

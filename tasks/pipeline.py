@@ -27,10 +27,15 @@ def _valid_stage(stage: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
 
     models = {name: model for name, model in spec_models().items() if name != "pipeline"}
     task = stage.get("task")
-    if task not in models:
+    if not isinstance(task, str) or task not in models:
         raise ValueError(f"a stage's task is one of {', '.join(sorted(models))}, got {task!r}")
     models[task].model_validate(stage, context=info.context)
     return stage
+
+
+def _default(cls: type[TaskSpec], key: str) -> Any:
+    value = cls.model_fields[key].get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 class PipelineSpec(TaskSpec):
@@ -44,7 +49,8 @@ class PipelineSpec(TaskSpec):
     @classmethod
     def _stage_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("stages"), list):
-            shared = {key: data[key] for key in ("runtime", "seed") if key in data}
+            # The pipeline's defaults too, so that a resolved spec validates to itself.
+            shared = {key: data[key] if key in data else _default(cls, key) for key in ("runtime", "seed")}
             data = {**data, "stages": [{**shared, **stage} if isinstance(stage, dict) else stage
                                        for stage in data["stages"]]}
         return data

@@ -37,7 +37,7 @@ def test_a_valid_spec_gets_every_default_and_builds(registry):
 def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
     assert found == {"conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-                                            "installed conditioners: class_label, low_res, semantic_map, text_bert"}
+                                            "installed conditioners: class_label, frozen_text_encoder, low_res, semantic_map, text_bert"}
 
 
 def test_misspelled_param_key_is_located_inside_the_component_and_suggests_the_key(registry):
@@ -118,7 +118,7 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     schema = task_schema(spec_models(), registry)
     conditioner = schema["$defs"]["ConditionerSpec"]
     choice = conditioner["oneOf"][0]
-    assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == ["class_label", "low_res", "semantic_map", "text_bert"]
+    assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == ["class_label", "frozen_text_encoder", "low_res", "semantic_map", "text_bert"]
     assert choice["properties"]["params"]["properties"]["num_classes"]["type"] == "integer"
     use = schema["$defs"]["ConditionerUse"]["oneOf"][0]
     assert use["properties"]["name"] == {"const": "class_label"} and use["properties"]["drop_rate"]["maximum"] == 1.0
