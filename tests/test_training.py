@@ -105,6 +105,8 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
 
     code, _, err = cli(ae_spec, "--set", "name=other", "--set", 'train.init_from={"run": "base"}', "--set", "model.params.ch=4")
     assert code == 2 and "does not fit the model" in err and "wrong shape" in err
+    assert "another configuration (model.params.ch: 8 -> 4)" in err, "the spec values that differ"
+    assert not (tmp_path / "runs" / "other").exists()
     code, _, err = cli(ae_spec, "--set", "name=other", "--set", 'train.init_from={"run": "nothing"}')
     assert code == 2 and "train.init_from.run: 'nothing' has no checkpoint" in err
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,11 +220,13 @@ def _some(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: str) -> None:
+def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: str,
+                 spec_differences: Sequence[str] = ()) -> None:
     """Load ``weights`` into ``module`` strictly; a :class:`UserError` grouping every mismatch.
 
     Missing keys, unexpected keys and keys of the wrong shape are listed together, so a
-    checkpoint made for another configuration is recognised at once.
+    checkpoint made for another configuration is recognised at once; ``spec_differences``
+    (``"field: theirs -> ours"``, when the checkpoint's spec is known) say which.
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -235,6 +238,7 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: st
     problems = [f"{label}: {_some(keys)}" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
     if problems:
+        made_for = f" ({_some(list(spec_differences))})" if spec_differences else ""
         raise UserError(f"{source} does not fit the model ({'; '.join(problems)}); it was made for "
-                        "another configuration: use the spec it was trained with")
+                        f"another configuration{made_for}: use the spec it was trained with")
     module.load_state_dict(weights, strict=True)

@@ -93,6 +93,19 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for key in sorted(set(a) | set(b)) if show(a, key) != show(b, key)]
 
 
+NOT_ARCHITECTURE = {"spec_version", "task", "name", "seed", "runtime", "data", "train", "sampling"}
+"""Top-level spec fields that do not shape a model's weights."""
+
+
+def architecture_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """:func:`spec_changes` in the fields that shape the weights (the model, its loss, the
+    first stage, denoiser and conditioners), e.g. why one run's checkpoint does not fit another."""
+    def keep(spec: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in spec.items() if key not in NOT_ARCHITECTURE}
+
+    return spec_changes(keep(old), keep(new))
+
+
 def _git_revision() -> str | None:
     source = Path(__file__).resolve().parents[2]
     try:

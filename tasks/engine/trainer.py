@@ -9,6 +9,7 @@ checkpoints, ``--resume``, ``init_from``, signals and non-finite losses.
 from __future__ import annotations
 
 import abc
+import json
 import math
 import signal
 import time
@@ -35,7 +36,7 @@ from tasks.engine.data import StepBatches, make_loader
 from tasks.engine.ema import Ema
 from tasks.engine.monitor import Monitor
 from tasks.engine.optim import learning_rate, make_optimizer, set_learning_rate
-from tasks.engine.rundir import RunDir, check_run_dir, environment_stamp, open_run_dir
+from tasks.engine.rundir import RunDir, architecture_changes, check_run_dir, environment_stamp, open_run_dir
 from tasks.engine.runtime import make_fabric, resolve_runtime
 from tasks.engine.specs import OptimizerSpec, TrainingTaskSpec
 
@@ -220,8 +221,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
             raise UserError(f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
                             "name a component with weights (e.g. an autoencoder instead of identity)")
     for path in init_reads:
+        theirs = path.parent.parent / "spec.json"
+        differs = architecture_changes(json.loads(theirs.read_text()), resolved) if theirs.is_file() else []
         for name, module in originals.items():
-            load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})")
+            load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})", differs)
     emas = {name: Ema(module, cfg.ema) for name, module in originals.items()} if cfg.ema else {}
     specs = objective.optimizers()
     optimizers = {}
