@@ -24,6 +24,8 @@ from core.specs import TaskSpec
 # pydantic's own error types; any other type is one of ours (or a plugin's), whose message
 # already names the value and the fix.
 _PYDANTIC_TYPES = frozenset(get_args(ErrorType))
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+"""Pydantic's range errors, whose one bound (in the error's context) gives the fix."""
 
 
 def _show(value: Any) -> str:
@@ -52,6 +54,9 @@ def problems(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[t
         elif kind == "literal_error":
             expected = re.findall(r"'([^']*)'", error["ctx"]["expected"])
             message = f"{message}, got {_show(error['input'])}{did_you_mean(str(error['input']), expected)}"
+        elif kind in _BOUNDS:
+            bound = next(iter(error["ctx"].values()))
+            message = f"{message}, got {_show(error['input'])}; use a value {_BOUNDS[kind]} {bound}"
         elif kind in _PYDANTIC_TYPES:
             message = f"{message}, got {_show(error['input'])}"
         found.append((loc, message))

@@ -7,6 +7,7 @@ PNG of class indices at the same relative path.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,9 @@ MODES = {1: "L", 3: "RGB"}
 
 def _images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+_REPORTED: set[str] = set()
 
 
 class ImageFolder(Dataset):
@@ -74,6 +78,10 @@ class ImageFolder(Dataset):
             else:
                 raise UserError(f"data.params.root: {problem}; fix or remove the file, or set skip_bad (or convert) to true")
         self.skipped = bad
+        if bad and str(params.root) not in _REPORTED:  # once per folder, not once per split
+            _REPORTED.add(str(params.root))
+            print(f"data.params.root: skipped {len(bad)} unreadable image file(s) under {str(params.root)!r} "
+                  f"(skip_bad), e.g. {str(bad[0])!r}", file=sys.stderr)
         if not files:
             raise UserError(f"data.params.root: none of the images under {str(params.root)!r} could be read")
         self.classes = sorted({p.relative_to(params.root).parts[0] for p in files if len(p.relative_to(params.root).parts) > 1})

@@ -160,3 +160,20 @@ def test_a_start_killed_before_writing_its_spec_can_simply_be_run_again(cli, ae_
     (tmp_path / "runs" / "other" / "notes.txt").write_text("someone's file")
     code, _, err = cli(ae_spec, "--set", "name=other")
     assert code == 2 and "already exists" in err
+
+
+def test_sigint_stops_with_a_checkpoint_that_resume_continues(ae_spec, tmp_path):
+    run = tmp_path / "runs" / "ae"
+    long = ["--set", "train.max_steps=100000", "--set", "train.checkpoint_every=100000"]
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.run", str(ae_spec), *long], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(run, 3, proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "stopped by SIGINT at step" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert_latest_loads(run)
+    stopped = int((run / "checkpoints" / "latest").read_text()[5:13])
+    resumed = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume",
+                              "--set", f"train.max_steps={stopped + 2}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
