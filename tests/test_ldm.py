@@ -104,14 +104,17 @@ def test_the_cache_holds_the_first_stages_moments(runs):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"in_channels": 3}, "denoiser.params.in_channels is 3 but 2 latent channels make 2"),
-    ({"context_dim": 8}, "denoiser.params.context_dim is 8 but the conditioners' context width make 16"),
-    ({"channel_mult": [1, 2, 2, 2]}, "sides must be multiples of 16; use size 16"),
+    ({"in_channels": 3}, ["denoiser.params.in_channels is 3 but 2 latent channels make 2", "leave these out of the spec"]),
+    ({"context_dim": 8}, ["denoiser.params.context_dim is 8 but the conditioners' context width make 16",
+                          "leave these out of the spec"]),
+    ({"channel_mult": [1, 2, 2, 2]}, ["data (digits) gives 8x8 images", "(f=2) and the denoiser (3 downsamplings)",
+                                      "sides must be multiples of 16; use size 16"]),
 ])
 def test_sizes_that_disagree_are_refused_before_anything_is_written(runs, capsys, change, message):
     spec = {**LDM, "name": "bad", "denoiser": {"name": "unet", "params": {**UNET["params"], **change}}}
     assert run(runs, spec) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert all(piece in err for piece in message), err
     assert not (runs / "runs" / "bad").exists()
 
 
