@@ -1,0 +1,45 @@
+"""How much of a caption the first stage alone keeps: the `shapes` caption judge on its
+reconstructions of real validation images (an upper bound for any LDM on that first stage).
+
+    python benchmarks/first_stage_caption_ceiling.py --run shapes-text2img-autoencoder [--runs-dir runs] [--count 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from core import load_registry
+from tasks.context import RunContext
+from tasks.engine.specs import RunRef
+from tasks.runs import load_trained, run_spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a train_autoencoder run on shapes")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--count", type=int, default=200, help="examples of each object count")
+    args = parser.parse_args()
+    ctx = RunContext(registry=load_registry(), runs_dir=args.runs_dir)
+    ref = RunRef(run=args.run)
+    first = load_trained(ref, ctx, "first_stage", "model").module
+    data_spec = run_spec(ref, ctx, "run").data
+    val = data_spec.model_copy(update={"params": data_spec.params.model_copy(update={"split": "val"})}).build()
+    examples = [val[i] for i in range(len(val))]
+    for objects in (1, 2):
+        chosen = [e for e in examples if e["caption"].count(" and ") == objects - 1][: args.count]
+        images = torch.stack([e["image"] for e in chosen])
+        with torch.no_grad():
+            rebuilt = first.decode(first.encode(images)).clamp(-1, 1)
+        right, _ = val.caption_matches(rebuilt, [e["caption"] for e in chosen])
+        psnr = 10 * math.log10(4 / ((rebuilt - images) ** 2).mean().item())
+        print(f"{args.run}: {objects}-object reconstructions judged right {right.double().mean().item():.1%} "
+              f"of {len(chosen)}, PSNR {psnr:.2f} dB")
+
+
+if __name__ == "__main__":
+    main()
