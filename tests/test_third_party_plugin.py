@@ -11,7 +11,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
     lines = out.splitlines()
     conditioners = lines[lines.index("conditioner") + 1: lines.index("sampler")]
     assert [line.split()[0] for line in conditioners] == ["class_label", "frozen_text_encoder", "low_res", "onehot", "semantic_map", "text_bert"]
-    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[2]
+    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[3]
     failed = lines[lines.index("plugins that failed to load") + 1:]
     assert failed == ["  plugin 'broken' (ldm-plugin-broken 0.1.0) failed to load: ImportError: "
                       "ldm-plugin-broken needs the 'libfoo' library, which is not installed (at ldm_plugin_broken.py:3)"]
