@@ -151,23 +151,33 @@ class Bert(nn.Module):
         return x
 
     def load_safetensors(self, path: Path) -> None:
-        """Copy the weights in ``path`` into this encoder; a ValueError naming the file and the
-        missing, unexpected or wrong-shaped entries if they do not fit its config."""
+        """Copy the weights in ``path`` into this encoder; a ValueError as :func:`check_weights` says."""
         own = self.state_dict()
-        try:
-            with safe_open(str(path), framework="pt") as file:
-                keys = [k for k in file.keys() if not k.startswith(IGNORED_KEYS)]
-                missing, unexpected = sorted(set(own) - set(keys)), sorted(set(keys) - set(own))
-                wrong = [f"{k} {tuple(file.get_slice(k).get_shape())} (expected {tuple(own[k].shape)})"
-                         for k in keys if k in own and tuple(file.get_slice(k).get_shape()) != tuple(own[k].shape)]
-                if missing or unexpected or wrong:
-                    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
-                    raise ValueError(f"{path} does not fit its config.json ({'; '.join(problems)}); "
-                                     "give the folder that holds both files of one BERT model")
-                with torch.no_grad():
-                    for key in keys:
-                        own[key].copy_(file.get_tensor(key))
-        except (OSError, SafetensorError) as exc:
-            raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
+        check_weights(path, {key: tuple(value.shape) for key, value in own.items()})
+        with safe_open(str(path), framework="pt") as file, torch.no_grad():
+            for key in own:
+                own[key].copy_(file.get_tensor(key))
 
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The entry names and shapes a checkpoint for ``config`` holds (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return {key: tuple(value.shape) for key, value in Bert(config).state_dict().items()}
+
+
+def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """A ValueError naming ``path`` unless it is safetensors holding exactly ``expected``
+    (besides :data:`IGNORED_KEYS`), listing the missing, unexpected and wrong-shaped entries.
+    Reads the file's header only."""
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            found = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys() if not k.startswith(IGNORED_KEYS)}
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [f"{k} {found[k]} (expected {expected[k]})" for k in sorted(found) if k in expected and found[k] != expected[k]]
+    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    if problems:
+        raise ValueError(f"{path} does not fit its config.json ({'; '.join(problems)}); "
+                         "give the folder that holds both files of one BERT model")

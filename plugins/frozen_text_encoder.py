@@ -19,7 +19,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
-from plugins.bert import Bert, BertConfig
+from plugins.bert import Bert, BertConfig, check_weights, expected_shapes
 from plugins.wordpiece import check_texts, encode, fixed_length, load_tokenizer, minilm_dir
 
 MINILM = "all-minilm-l6-v2"
@@ -64,7 +64,7 @@ class FrozenTextEncoder(Conditioner):
                                      "(config.json, model.safetensors, tokenizer.json or vocab.txt)")
             if not tokenizer_file(folder).is_file():
                 raise ValueError(f"{str(folder)!r} has neither tokenizer.json nor vocab.txt; add the model's tokenizer")
-            BertConfig.read(folder / "config.json")
+            check_weights(folder / "model.safetensors", expected_shapes(BertConfig.read(folder / "config.json")))
             return value
 
         @model_validator(mode="after")

@@ -85,3 +85,13 @@ def test_misspelled_or_out_of_range_keys(cli, tmp_path, key, value, pieces):
 def test_a_run_name_that_would_write_outside_the_runs_directory(cli, tmp_path, name):
     refused(cli, tmp_path, {**TINY_AE, "name": name}, "name: run name", repr(name), "use up to 128 letters")
     assert not (tmp_path.parent / "x").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_bert_folder_whose_weights_do_not_fit_its_config(cli, tmp_path):
+    from tests.test_frozen_text_encoder import CONFIG, write_bert
+
+    folder = write_bert(tmp_path / "bert")
+    (folder / "config.json").write_text(json.dumps({**CONFIG, "num_hidden_layers": 3}))
+    use = {"name": "frozen_text_encoder", "params": {"path": str(folder), "max_length": 10}}
+    refused(cli, tmp_path, {**LDM, "conditioners": [use]}, "conditioners.0.params.path",
+            "model.safetensors does not fit its config.json (missing: encoder.layer.2", "give the folder that holds both files")

