@@ -30,6 +30,11 @@ def model_dir(path: str | Path) -> Path:
     return minilm_dir() if path == MINILM else Path(path)
 
 
+def config_of(path: str | Path) -> BertConfig:
+    """The BERT config in the model folder ``path`` names."""
+    return BertConfig.read(model_dir(path) / "config.json")
+
+
 def tokenizer_file(folder: Path) -> Path:
     """The folder's ``tokenizer.json``, else its ``vocab.txt``."""
     found = folder / "tokenizer.json"
@@ -64,12 +69,12 @@ class FrozenTextEncoder(Conditioner):
                                      "(config.json, model.safetensors, tokenizer.json or vocab.txt)")
             if not tokenizer_file(folder).is_file():
                 raise ValueError(f"{str(folder)!r} has neither tokenizer.json nor vocab.txt; add the model's tokenizer")
-            check_weights(folder / "model.safetensors", expected_shapes(BertConfig.read(folder / "config.json")))
+            check_weights(folder / "model.safetensors", expected_shapes(config_of(value)))
             return value
 
         @model_validator(mode="after")
         def _fits_positions(self) -> FrozenTextEncoder.Params:
-            positions = BertConfig.read(model_dir(self.path) / "config.json").max_position_embeddings
+            positions = config_of(self.path).max_position_embeddings
             if self.max_length > positions:
                 raise ValueError(f"max_length {self.max_length} exceeds the model's {positions} positions; "
                                  f"use at most {positions}")
@@ -78,7 +83,7 @@ class FrozenTextEncoder(Conditioner):
     def __init__(self, params: FrozenTextEncoder.Params) -> None:
         super().__init__(params)
         folder = model_dir(params.path)
-        self.bert = Bert(BertConfig.read(folder / "config.json"))
+        self.bert = Bert(config_of(params.path))
         self.bert.load_safetensors(folder / "model.safetensors")
         self.tokenizer = fixed_length(load_tokenizer(tokenizer_file(folder)), params.max_length)
         self.requires_grad_(False).eval()
@@ -91,7 +96,7 @@ class FrozenTextEncoder(Conditioner):
 
     @classmethod
     def produces(cls, params: FrozenTextEncoder.Params) -> ConditioningShape:
-        return ConditioningShape(context=BertConfig.read(model_dir(params.path) / "config.json").hidden_size)
+        return ConditioningShape(context=config_of(params.path).hidden_size)
 
     def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
