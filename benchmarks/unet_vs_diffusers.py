@@ -4,8 +4,12 @@ Configuration (issue #6): latent 16x16x4, channels 64/128/128, 2 residual blocks
 cross-attention transformers at the two lower levels (and the middle) with head width 32,
 context 8 tokens x 128, GroupNorm 32, time embedding added (not scale-shift, diffusers'
 default). Batch 16. Each round times a forward pass (no grad) and a train step (forward,
-MSE loss, backward, AdamW step) of each model in turn, so both see the same machine load;
-the first rounds are warm-up. FLOPs are counted once with torch's FlopCounterMode; the
+MSE loss, backward, AdamW step) of each model in turn, so all see the same machine load;
+the first rounds are warm-up. Ours is timed twice: with the same optimiser as diffusers
+(``torch.optim.AdamW`` with its defaults, as diffusers' training scripts make it) and
+contiguous weights, which compares the networks alone; and as our engine trains it
+(``tasks.engine.optim.make_optimizer``: the fused AdamW; channels-last weights, the default
+``runtime.memory_format``), which compares what a user of each gets. FLOPs are counted once with torch's FlopCounterMode; the
 matmul peak is the best of several 2048^3 matmuls (4096^3 on a GPU) on the same threads, in the
 precision the models run in (fp32, or bf16 under ``--precision bf16-mixed``, which runs both
 models under bf16 autocast). On a GPU every timing waits for the device.
@@ -28,8 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core import Conditioning
 from plugins.unet import UNet
+from tasks.engine.optim import make_optimizer
+from tasks.engine.specs import OptimizerSpec
 
 SIDE, TOKENS, CONTEXT = 16, 8, 128
+ENGINE = "ours (engine)"
 
 
 def ours() -> torch.nn.Module:
@@ -49,14 +56,19 @@ def theirs() -> torch.nn.Module:
         cross_attention_dim=CONTEXT, attention_head_dim=4, norm_num_groups=32)
 
 
-def calls(model: torch.nn.Module, is_ours: bool, batch: int, device: str, bf16: bool):
-    """(forward, train_step, run) closures over fixed seeded inputs on ``device``."""
+def calls(model: torch.nn.Module, is_ours: bool, batch: int, device: str, bf16: bool, engine: bool):
+    """(forward, train_step, run) closures over fixed seeded inputs on ``device``; ``engine``:
+    the optimiser and memory format of our training engine, else torch's AdamW defaults."""
     generator = torch.Generator().manual_seed(0)
     x, target = (torch.randn(batch, 4, SIDE, SIDE, generator=generator).to(device) for _ in range(2))
     t = torch.randint(0, 1000, (batch,), generator=generator).float().to(device)
     context = torch.randn(batch, TOKENS, CONTEXT, generator=generator).to(device)
     cond = Conditioning(context=context)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if engine:
+        model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(OptimizerSpec(lr=1e-4), model)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def run() -> torch.Tensor:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
@@ -121,8 +133,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     bf16 = args.precision == "bf16-mixed"
     torch.manual_seed(0)
-    models = {"ours": ours().to(args.device), "diffusers": theirs().to(args.device)}
-    closures = {name: calls(model, name == "ours", args.batch, args.device, bf16) for name, model in models.items()}
+    models = {"ours": ours().to(args.device), ENGINE: ours().to(args.device), "diffusers": theirs().to(args.device)}
+    closures = {name: calls(model, name != "diffusers", args.batch, args.device, bf16, name == ENGINE)
+                for name, model in models.items()}
     times = {name: {"forward": [], "train": []} for name in models}
     for round_ in range(args.warmup + args.rounds):
         for name, (forward, train_step, _) in closures.items():
@@ -138,11 +151,12 @@ def main() -> None:
         forward_flops, train_flops = flops(closures[name][2])
         f, s = statistics.median(times[name]["forward"]), statistics.median(times[name]["train"])
         medians[name] = (f, s)
-        print(f"{name:9s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
+        print(f"{name:16s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
               f"({forward_flops / f / 1e6:.1f} GFLOP/s, {forward_flops / f / 1e6 / peak:.0%} of peak) | "
               f"train step {s:.1f} ms ({train_flops / s / 1e6:.1f} GFLOP/s, {train_flops / s / 1e6 / peak:.0%} of peak)")
-    print(f"diffusers / ours: forward {medians['diffusers'][0] / medians['ours'][0]:.3f}, "
-          f"train step {medians['diffusers'][1] / medians['ours'][1]:.3f}")
+    for name in ("ours", ENGINE):
+        print(f"diffusers / {name}: forward {medians['diffusers'][0] / medians[name][0]:.3f}, "
+              f"train step {medians['diffusers'][1] / medians[name][1]:.3f}")
 
 
 if __name__ == "__main__":

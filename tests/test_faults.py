@@ -12,6 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from tests.test_pipeline import stages
 from tests.test_training import assert_same_tensors, checkpoint, wait_for_steps
 
 STEPS = 40
@@ -177,3 +178,35 @@ def test_sigint_stops_with_a_checkpoint_that_resume_continues(ae_spec, tmp_path)
     resumed = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume",
                               "--set", f"train.max_steps={stopped + 2}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_pipelines_ldm_stage_then_running_it_again_ends_as_an_unbroken_pipeline(tmp_path):
+    spec = {"task": "pipeline", "name": "all", "seed": 3, "runtime": {"accelerator": "cpu"}, "stages": stages(120)}
+    spec["stages"][1]["train"]["checkpoint_every"] = 1000
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(spec))
+
+    def command(runs):
+        return [sys.executable, "-m", "tasks.run", str(path), "--runs-dir", str(tmp_path / runs)]
+
+    runs, whole = tmp_path / "runs", tmp_path / "whole"
+    proc = subprocess.Popen(command("runs"), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(runs / "ldm", 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "stopped by SIGTERM at step" in err, err
+    assert not (runs / "grid").exists(), "the stage after the stopped one has not started"
+    again = subprocess.run(command("runs"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "'ae' (train_autoencoder): done earlier, skipped" in again.stdout
+    assert "'ldm' (train_ldm): resuming" in again.stdout
+    unbroken = subprocess.run(command("whole"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert unbroken.returncode == 0, unbroken.stderr
+    # Weights, EMA, optimiser state and RNG: everything the stopped run saved at the end.
+    assert_same_tensors(checkpoint(runs / "ldm", 120), checkpoint(whole / "ldm", 120))
+    logged = [[row["step"] for row in map(json.loads, (r / "ldm" / "metrics.jsonl").read_text().splitlines())]
+              for r in (runs, whole)]
+    assert logged[0] == logged[1] == list(range(1, 121)), "each step logged once"
+    grids = [(r / "grid" / "grid.png").read_bytes() for r in (runs, whole)]
+    assert grids[0] == grids[1]

@@ -90,6 +90,17 @@ def test_existing_runs_are_never_overwritten_and_resume_checks_the_spec(cli, ae_
     assert not (tmp_path / "runs" / "never-ran").exists()
 
 
+def test_a_run_started_before_a_spec_field_existed_resumes_with_that_fields_default(cli, ae_spec, tmp_path):
+    assert cli(ae_spec)[0] == 0
+    stored = tmp_path / "runs" / "ae" / "spec.json"
+    older = json.loads(stored.read_text())
+    del older["runtime"]["memory_format"], older["model"]["params"]["regularizer"]["params"]["sample"]
+    stored.write_text(json.dumps(older))
+    code, _, err = cli(ae_spec, "--resume", "--set", "train.max_steps=9")
+    assert code == 0, err
+    assert json.loads(stored.read_text())["runtime"]["memory_format"] == "channels_last"
+
+
 def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(cli, ae_spec, tmp_path):
     assert cli(ae_spec, "--set", "name=base", "--set", "train.max_steps=30", "--set", "train.checkpoint_every=30")[0] == 0
     code, _, err = cli(ae_spec, "--set", "name=tuned", "--set", 'train.init_from={"run": "base", "weights": "raw"}',

@@ -161,12 +161,15 @@ def _abandoned(run: RunDir) -> bool:
     return not run.spec.exists() and not any(p.is_file() for p in run.root.rglob("*"))
 
 
-def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: bool) -> RunDir:
+def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: bool,
+                  read_as_now: Callable[[dict[str, Any]], dict[str, Any]] = lambda stored: stored) -> RunDir:
     """The run directory for ``name``, checked against ``--resume``; writes nothing.
 
     A :class:`UserError` if a new run would overwrite one (a folder left by a start killed
     before writing anything is reused), if ``--resume`` finds nothing to
     resume, or if the spec differs from the stored one in more than :data:`RESUMABLE_CHANGES`.
+    ``read_as_now`` resolves the stored spec as this version would (fields added since it was
+    written take their defaults), so that only real changes count.
     """
     run = RunDir(runs_dir / name)
     if not resume:
@@ -177,7 +180,7 @@ def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: b
     if not run.spec.is_file():
         raise UserError(f"--resume: {str(run.root)!r} is not a run directory (no spec.json); "
                         "start it without --resume")
-    changes = [c for c in spec_changes(run.stored_spec(), resolved) if c.split(":")[0] not in RESUMABLE_CHANGES]
+    changes = [c for c in spec_changes(read_as_now(run.stored_spec()), resolved) if c.split(":")[0] not in RESUMABLE_CHANGES]
     if changes:
         raise UserError(f"--resume: the spec differs from the one {str(run.root)!r} was started with "
                         f"({'; '.join(changes)}); resume with the original spec (only "

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from lightning_fabric import Fabric
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from core import Dataset, UserError
@@ -168,10 +169,28 @@ def _finish(fabric: Fabric, objective: Objective, originals: dict[str, nn.Module
         restore_rng(rng)
 
 
+def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor its parameter's memory layout (checkpoints store contiguous
+    tensors): the fused AdamW walks parameter, gradient and state in memory order, so a
+    channels-last parameter with a contiguous state would be updated with the wrong moments."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]) -> tuple[RunDir, Path | None, list[Path]]:
     """Rank 0's checks before anything is written: the run directory, the checkpoint to resume,
     the runs ``init_from`` reads. Raises :class:`UserError`."""
-    run = check_run_dir(ctx.runs_dir, spec.name, resolved, ctx.resume)
+    def read_as_now(stored: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return type(spec).model_validate(stored, context={"registry": ctx.registry}).model_dump(mode="json")
+        except ValidationError:  # not valid any more: compared as written, so the differences are listed
+            return stored
+
+    run = check_run_dir(ctx.runs_dir, spec.name, resolved, ctx.resume, read_as_now)
     resume_from = Checkpoints(run.checkpoints, spec.train.keep_checkpoints).latest() if ctx.resume else None
     reads = []
     if spec.train.init_from is not None and resume_from is None:
@@ -225,6 +244,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
         differs = architecture_changes(json.loads(theirs.read_text()), resolved) if theirs.is_file() else []
         for name, module in originals.items():
             load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})", differs)
+    if runtime.memory_format == "channels_last":
+        # Convolutions follow their weights' layout, so the activations go channels-last with them.
+        for module in originals.values():
+            module.to(memory_format=torch.channels_last)
     emas = {name: Ema(module, cfg.ema) for name, module in originals.items()} if cfg.ema else {}
     specs = objective.optimizers()
     optimizers = {}
@@ -244,6 +267,7 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                 emas[name].load_state_dict(state.ema[name])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state.optimizers[name])
+            _state_in_parameter_layout(optimizer)
         restore_rng(state.rng[fabric.global_rank])
         start, position = state.step, state.data_position
     else:
