@@ -5,11 +5,12 @@ cross-attention transformers at the two lower levels (and the middle) with head 
 context 8 tokens x 128, GroupNorm 32, time embedding added (not scale-shift, diffusers'
 default). Batch 16. Each round times a forward pass (no grad) and a train step (forward,
 MSE loss, backward, AdamW step) of each model in turn, so all see the same machine load;
-the first rounds are warm-up. Ours is timed twice: with the same optimiser as diffusers
-(``torch.optim.AdamW`` with its defaults, as diffusers' training scripts make it) and
-contiguous weights, which compares the networks alone; and as our engine trains it
-(``tasks.engine.optim.make_optimizer``: the fused AdamW; channels-last weights, the default
-``runtime.memory_format``), which compares what a user of each gets. FLOPs are counted once with torch's FlopCounterMode; the
+the first rounds are warm-up. Each model is timed in two set-ups: "plain", contiguous
+weights and ``torch.optim.AdamW`` with its defaults (as diffusers' training scripts make
+it); and "engine", as our training engine runs any model (``make_optimizer``'s fused AdamW,
+channels-last weights: the default ``runtime.memory_format``). The plain pair and the
+engine pair compare the networks; ours (engine) against diffusers (plain) compares what a
+user of each project gets by default. FLOPs are counted once with torch's FlopCounterMode; the
 matmul peak is the best of several 2048^3 matmuls (4096^3 on a GPU) on the same threads, in the
 precision the models run in (fp32, or bf16 under ``--precision bf16-mixed``, which runs both
 models under bf16 autocast). On a GPU every timing waits for the device.
@@ -36,7 +37,7 @@ from tasks.engine.optim import make_optimizer
 from tasks.engine.specs import OptimizerSpec
 
 SIDE, TOKENS, CONTEXT = 16, 8, 128
-ENGINE = "ours (engine)"
+SETUPS = ("plain", "engine")
 
 
 def ours() -> torch.nn.Module:
@@ -133,8 +134,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     bf16 = args.precision == "bf16-mixed"
     torch.manual_seed(0)
-    models = {"ours": ours().to(args.device), ENGINE: ours().to(args.device), "diffusers": theirs().to(args.device)}
-    closures = {name: calls(model, name != "diffusers", args.batch, args.device, bf16, name == ENGINE)
+    models = {f"{who} ({setup})": make().to(args.device)
+              for setup in SETUPS for who, make in (("ours", ours), ("diffusers", theirs))}
+    closures = {name: calls(model, name.startswith("ours"), args.batch, args.device, bf16, name.endswith("(engine)"))
                 for name, model in models.items()}
     times = {name: {"forward": [], "train": []} for name in models}
     for round_ in range(args.warmup + args.rounds):
@@ -151,12 +153,12 @@ def main() -> None:
         forward_flops, train_flops = flops(closures[name][2])
         f, s = statistics.median(times[name]["forward"]), statistics.median(times[name]["train"])
         medians[name] = (f, s)
-        print(f"{name:16s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
+        print(f"{name:18s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
               f"({forward_flops / f / 1e6:.1f} GFLOP/s, {forward_flops / f / 1e6 / peak:.0%} of peak) | "
               f"train step {s:.1f} ms ({train_flops / s / 1e6:.1f} GFLOP/s, {train_flops / s / 1e6 / peak:.0%} of peak)")
-    for name in ("ours", ENGINE):
-        print(f"diffusers / {name}: forward {medians['diffusers'][0] / medians[name][0]:.3f}, "
-              f"train step {medians['diffusers'][1] / medians[name][1]:.3f}")
+    for theirs_, ours_ in [*((f"diffusers ({s})", f"ours ({s})") for s in SETUPS), ("diffusers (plain)", "ours (engine)")]:
+        print(f"{theirs_} / {ours_}: forward {medians[theirs_][0] / medians[ours_][0]:.3f}, "
+              f"train step {medians[theirs_][1] / medians[ours_][1]:.3f}")
 
 
 if __name__ == "__main__":
