@@ -23,6 +23,7 @@ from core.validation import read_spec_file, task_schema, validate_task
 from tasks.catalog import TASKS, spec_models
 from tasks.context import RunContext
 from tasks.engine import EXIT_INTERRUPTED, Interrupted, TrainingFailed
+from tasks.engine.allocator import keep_freed_memory
 from tasks.engine.runtime import is_rank_zero
 from tasks.overrides import resolve
 
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(spec.model_dump_json(indent=2))
             return EXIT_OK
+        keep_freed_memory()
         TASKS[spec.task].run(spec, RunContext(registry=registry, runs_dir=args.runs_dir, resume=args.resume))
     except UserError as exc:
         _say("error", exc)
