@@ -22,6 +22,9 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 2**31 - 1
 """Free heap memory up to this size is kept (the largest value ``mallopt`` accepts)."""
 
+OPT_OUT = "LDM_KEEP_FREED_MEMORY"
+"""Set to ``0`` to leave the C library's defaults (e.g. where memory is tight)."""
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
@@ -29,11 +32,12 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; returns whether they were set.
 
-    Does nothing (returns False) off Linux, with another C library, or when the user chose
-    thresholds through glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
-    environment variables. Affects only allocations made after the call.
+    Does nothing (returns False) off Linux, with another C library, with ``LDM_KEEP_FREED_MEMORY=0``,
+    or when the user chose thresholds through glibc's own ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` environment variables. Affects only allocations made after the call.
     """
-    if not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
+    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT) == "0" \
+            or any(name in os.environ for name in _USER_SETTINGS):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
