@@ -47,7 +47,8 @@ def test_keeping_freed_memory_stops_the_page_faults_of_reallocated_tensors():
     assert kept < default / 10
 
 
-@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "1000000"), ("LDM_KEEP_FREED_MEMORY", "0")])
+@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "1000000"), ("LDM_KEEP_FREED_MEMORY", "0"),
+                                         ("LDM_KEEP_FREED_MEMORY", "Off")])
 def test_the_users_own_thresholds_or_opt_out_leave_the_allocator_alone(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     assert keep_freed_memory() is False

@@ -23,7 +23,7 @@ TRIM_THRESHOLD = 2**31 - 1
 """Free heap memory up to this size is kept (the largest value ``mallopt`` accepts)."""
 
 OPT_OUT = "LDM_KEEP_FREED_MEMORY"
-"""Set to ``0`` to leave the C library's defaults (e.g. where memory is tight)."""
+"""Set to ``0`` (or ``false``, ``no``, ``off``) to leave the C library's defaults (e.g. where memory is tight)."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -36,7 +36,7 @@ def keep_freed_memory() -> bool:
     or when the user chose thresholds through glibc's own ``MALLOC_MMAP_THRESHOLD_`` /
     ``MALLOC_TRIM_THRESHOLD_`` environment variables. Affects only allocations made after the call.
     """
-    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT) == "0" \
+    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "").strip().lower() in ("0", "false", "no", "off") \
             or any(name in os.environ for name in _USER_SETTINGS):
         return False
     try:
