@@ -23,6 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# The script's own folder is on the path when it runs.
+from ldm_speed import steps_per_second
+
 from tasks.engine.allocator import OPT_OUT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +38,8 @@ def one_run(spec: Path, runs: Path, keep: bool) -> tuple[float, int, float, floa
     subprocess.run([sys.executable, "-m", "tasks.run", str(spec), "--runs-dir", str(runs)], env=env, check=True,
                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    spec_name = json.loads(spec.read_text())["name"]
-    rows = [json.loads(line) for line in (runs / spec_name / "metrics.jsonl").read_text().splitlines()]
-    rates = [row["throughput/steps_per_s"] for row in rows if "throughput/steps_per_s" in row]
-    return (statistics.median(rates[1:]), after.ru_minflt - before.ru_minflt, after.ru_utime - before.ru_utime,
+    rate = steps_per_second(runs / json.loads(spec.read_text())["name"])
+    return (rate, after.ru_minflt - before.ru_minflt, after.ru_utime - before.ru_utime,
             after.ru_stime - before.ru_stime)
 
 
