@@ -17,6 +17,8 @@ import ctypes.util
 import os
 import sys
 
+from core import UserError
+
 MMAP_THRESHOLD = 32 * 1024 * 1024
 """Blocks up to this size come from the heap: glibc's largest allowed mmap threshold on 64-bit."""
 TRIM_THRESHOLD = 2**31 - 1
@@ -27,6 +29,7 @@ OPT_OUT = "LDM_KEEP_FREED_MEMORY"
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def keep_freed_memory() -> bool:
@@ -35,9 +38,13 @@ def keep_freed_memory() -> bool:
     Does nothing (returns False) off Linux, with another C library, with ``LDM_KEEP_FREED_MEMORY=0``,
     or when the user chose thresholds through glibc's own ``MALLOC_MMAP_THRESHOLD_`` /
     ``MALLOC_TRIM_THRESHOLD_`` environment variables. Affects only allocations made after the call.
+    Raises :class:`UserError` if ``LDM_KEEP_FREED_MEMORY`` is set to something else than a yes or no.
     """
-    if not sys.platform.startswith("linux") or os.environ.get(OPT_OUT, "").strip().lower() in ("0", "false", "no", "off") \
-            or any(name in os.environ for name in _USER_SETTINGS):
+    choice = os.environ.get(OPT_OUT, "1").strip().lower()
+    if choice not in _YES + _NO:
+        raise UserError(f"{OPT_OUT}={os.environ[OPT_OUT]!r} is not understood; set it to 1 (keep freed memory, "
+                        "the default) or 0 (leave the C library's defaults)")
+    if choice in _NO or not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
