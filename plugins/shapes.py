@@ -47,6 +47,9 @@ class Shapes(Dataset):
         size: PositiveInt = Field(32, ge=8, description="Side of the square images.")
         num_examples: PositiveInt = Field(5000, description="How many examples (before the split).")
         max_objects: Literal[1, 2] = Field(2, description="Objects per image: 1, or 1 to 2 at random.")
+        two_object_fraction: float = Field(0.5, ge=0, le=1, description=(
+            "With max_objects 2, how often an image is drawn with two objects (a little less often "
+            "in the end: a large first object can leave no room for a second)."))
         min_extent: float = Field(0.3, gt=0, le=1, description="Smallest object side, as a fraction of the image side.")
         max_extent: float = Field(0.6, gt=0, le=1, description="Largest object side, as a fraction of the image side.")
         seed: int = Field(0, description="Which set of images (example i depends on seed and i only).")
@@ -91,7 +94,8 @@ class Shapes(Dataset):
         segmentation = np.zeros((p.size, p.size), dtype=np.int64)
         boxes: list[tuple[int, int, int]] = []
         words = []
-        for _ in range(1 if p.max_objects == 1 else int(rng.integers(1, 3))):
+        two = p.max_objects == 2 and rng.random() < p.two_object_fraction
+        for _ in range(2 if two else 1):
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
             box = self._place(rng, boxes)

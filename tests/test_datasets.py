@@ -56,6 +56,13 @@ def test_object_sides_stay_within_the_extent():
         assert 12 <= side <= 24, (i, side)
 
 
+@pytest.mark.parametrize(("fraction", "low", "high"), [(0.0, 0, 0), (0.5, 70, 110), (0.9, 140, 180), (1.0, 160, 200)])
+def test_two_object_fraction_sets_how_many_images_hold_two(fraction, low, high):
+    ds = Shapes(Shapes.Params(size=24, num_examples=200, split="all", two_object_fraction=fraction))
+    two = sum(" and " in ds[i]["caption"] for i in range(len(ds)))
+    assert low <= two <= high, (fraction, two)
+
+
 def test_shapes_are_deterministic_and_splits_are_disjoint():
     a, b = Shapes(Shapes.Params(num_examples=50)), Shapes(Shapes.Params(num_examples=50))
     assert all(torch.equal(a[i]["image"], b[i]["image"]) and a[i]["caption"] == b[i]["caption"] for i in range(50))
