@@ -120,7 +120,8 @@ def test_bad_evaluations_are_one_sentence_errors(runs, tmp_path, capsys):
 
 
 def test_the_caption_judge_reads_real_shapes_and_refuses_what_they_do_not_show():
-    data = DatasetSpec.model_validate({"name": "shapes", "params": {"size": 32, "num_examples": 300, "split": "val"}},
+    data = DatasetSpec.model_validate({"name": "shapes", "params": {"size": 32, "num_examples": 300, "split": "val",
+                                                                   "two_object_fraction": 0.8}},
                                       context={"registry": REGISTRY}).build()
     images, captions = stacked(data, "image"), [data[i]["caption"] for i in range(len(data))]
     found, _ = judges.captions(data, images, images, captions)

@@ -265,7 +265,7 @@ def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_pat
      "data (shapes).segmentation: semantic_map got class 3, outside [0, 2)"),
     ({"name": "low_res", "params": {"lowres_factor": 2, "factor": 2}},
      "data (shapes).lowres: low_res turns it into 4x4 maps but the latents are 8x8"),
-    ({"name": "class_label", "params": {"num_classes": 3}}, "data (shapes).label: class_label got class 10, outside [0, 3)"),
+    ({"name": "class_label", "params": {"num_classes": 3}}, "data (shapes).label: class_label got class 4, outside [0, 3)"),
 ])
 def test_data_a_conditioner_cannot_take_is_refused_before_anything_is_written(tmp_path, capsys, conditioner, message):
     data = {"name": "shapes", "params": {"size": 16, "num_examples": 40, "lowres_factor": 4}}
