@@ -18,6 +18,7 @@ from torch import Tensor
 
 ScheduleKind = Literal["linear", "scaled_linear", "cosine"]
 Prediction = Literal["eps", "x0", "v"]
+TimestepSampling = Literal["uniform", "logit_normal"]
 
 
 def beta_schedule(kind: ScheduleKind, steps: int, beta_start: float = 0.0015, beta_end: float = 0.0195) -> Tensor:
@@ -121,6 +122,22 @@ def min_snr_weights(schedule: NoiseSchedule, t: Tensor, prediction: Prediction, 
     if prediction == "v":
         return (clipped / (snr + 1)).float()
     return clipped.float()
+
+
+def sample_timesteps(kind: TimestepSampling, count: int, steps: int, *, mean: float = 0.0, std: float = 1.0,
+                     generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+    """(count,) integer training timesteps in [0, steps).
+
+    ``uniform``: every step equally often, as the paper trains. ``logit_normal``: t / T is
+    sigmoid(u) with u ~ N(mean, std) (Esser et al., 2024), which spends the training on the
+    middle of the process, where layout and which colour goes with which shape are decided,
+    and less on the nearly clean and nearly pure-noise ends; a positive ``mean`` moves it
+    towards noise.
+    """
+    if kind == "uniform":
+        return torch.randint(0, steps, (count,), generator=generator, device=device)
+    u = torch.randn(count, generator=generator, device=device) * std + mean
+    return (torch.sigmoid(u) * steps).long().clamp_(max=steps - 1)
 
 
 def offset_noise(shape: tuple[int, ...], strength: float, generator: torch.Generator | None = None,

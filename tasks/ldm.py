@@ -17,7 +17,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from core import Conditioner, Conditioning, ConditioningShape, ConditionerSpec, DenoiserSpec, SpecModel, UserError
-from core.diffusion import NoiseSchedule, Prediction, ScheduleKind, beta_schedule
+from core.diffusion import NoiseSchedule, Prediction, ScheduleKind, TimestepSampling, beta_schedule
 from core.guidance import guided, unconditional_half
 from core.interfaces import ExampleShape, LatentShape
 from core.sampling import Generators, Spacing, denoiser, sample, sigmas
@@ -34,6 +34,10 @@ class DiffusionSpec(SpecModel):
     loss: Literal["l2", "l1"] = Field("l2", description="l2 or l1 between the prediction and its target.")
     min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform.")
     offset_noise: NonNegativeFloat = Field(0.0, description="Strength of per-channel offset noise (e.g. 0.1).")
+    timestep_sampling: TimestepSampling = Field("uniform", description=(
+        "How training draws t: uniform (the paper), or logit_normal (t/T = sigmoid(u), u ~ N(logit_mean, logit_std))."))
+    logit_mean: float = Field(0.0, description="With logit_normal: the mean of u (positive: more training at high noise).")
+    logit_std: PositiveFloat = Field(1.0, description="With logit_normal: the spread of u.")
 
     def noise_schedule(self) -> NoiseSchedule:
         return NoiseSchedule(beta_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end))

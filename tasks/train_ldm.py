@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from core import Conditioner, Dataset, DenoiserSpec, UserError
-from core.diffusion import diffusion_loss, min_snr_weights, offset_noise
+from core.diffusion import diffusion_loss, min_snr_weights, offset_noise, sample_timesteps
 from tasks.context import RunContext
 from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
 from tasks.engine.specs import RunRef
@@ -140,7 +140,8 @@ class LdmObjective(Objective):
         d = self.spec.diffusion
         z0 = self.latents(batch)
         ldm = self.nets["ldm"]
-        t = torch.randint(0, d.timesteps, (len(z0),), device=z0.device)
+        t = sample_timesteps(d.timestep_sampling, len(z0), d.timesteps, mean=d.logit_mean, std=d.logit_std,
+                             device=z0.device)
         noise = offset_noise(tuple(z0.shape), d.offset_noise, device=z0.device, dtype=z0.dtype)
         x_t = self.schedule.q_sample(z0, t, noise)
         drop = ldm.drop_mask(len(z0), z0.device) if ldm.conditioners else None

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from core.diffusion import NoiseSchedule, beta_schedule, diffusion_loss, min_snr_weights, offset_noise
+from core.diffusion import (NoiseSchedule, beta_schedule, diffusion_loss, min_snr_weights, offset_noise,
+                            sample_timesteps)
 
 
 def test_scaled_linear_is_the_square_of_evenly_spaced_square_roots():
@@ -67,6 +68,20 @@ def test_offset_noise_shifts_each_channel_by_a_shared_constant():
     assert per_channel.var().item() == pytest.approx(0.25 + 1 / 16, rel=0.1)
     assert torch.equal(offset_noise((2, 2, 4, 4), 0.0, torch.Generator().manual_seed(3)),
                        torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)))
+
+
+def test_timestep_sampling_uniform_and_logit_normal():
+    uniform = sample_timesteps("uniform", 20000, 1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_timesteps("uniform", 5, 1000, generator=torch.Generator().manual_seed(1)),
+                       torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(1)))
+    middle = ((uniform >= 250) & (uniform < 750)).float().mean().item()
+    assert middle == pytest.approx(0.5, abs=0.02)
+    t = sample_timesteps("logit_normal", 20000, 1000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and t.min().item() >= 0 and t.max().item() <= 999
+    # |u| < logit(3/4) = ln 3 for u ~ N(0, 1): the middle half of the process gets 73% of the draws.
+    assert ((t >= 250) & (t < 750)).float().mean().item() == pytest.approx(math.erf(math.log(3) / math.sqrt(2)), abs=0.02)
+    shifted = sample_timesteps("logit_normal", 20000, 1000, mean=1.0, std=0.5, generator=torch.Generator().manual_seed(0))
+    assert shifted.float().median().item() == pytest.approx(1000 / (1 + math.exp(-1.0)), abs=10)
 
 
 def test_betas_outside_zero_one_are_refused():
