@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from core import Conditioner, Conditioning, ConditioningShape, ConditionerSpec, DenoiserSpec, SpecModel, UserError
@@ -38,6 +38,17 @@ class DiffusionSpec(SpecModel):
         "How training draws t: uniform (the paper), or logit_normal (t/T = sigmoid(u), u ~ N(logit_mean, logit_std))."))
     logit_mean: float = Field(0.0, description="With logit_normal: the mean of u (positive: more training at high noise).")
     logit_std: PositiveFloat = Field(1.0, description="With logit_normal: the spread of u.")
+
+    @model_validator(mode="after")
+    def _logit_params_need_logit_normal(self) -> DiffusionSpec:
+        # Compared with the defaults rather than checked for presence: a run's stored spec has every field.
+        changed = [name for name in ("logit_mean", "logit_std")
+                   if getattr(self, name) != type(self).model_fields[name].default]
+        if changed and self.timestep_sampling != "logit_normal":
+            raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} only to "
+                             f"timestep_sampling 'logit_normal', not {self.timestep_sampling!r}; set "
+                             f"timestep_sampling to 'logit_normal' or remove {'them' if len(changed) > 1 else 'it'}")
+        return self
 
     def noise_schedule(self) -> NoiseSchedule:
         return NoiseSchedule(beta_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tasks.ldm import DiffusionSpec
 from tests.conftest import TINY_AE
 from tests.test_image_folder import folder
 from tests.test_ldm import LDM
@@ -79,6 +80,14 @@ def test_misspelled_or_out_of_range_keys(cli, tmp_path, key, value, pieces):
     spec = copy.deepcopy(TINY_AE)
     spec["train"][key] = value
     refused(cli, tmp_path, spec, *pieces)
+
+
+def test_logit_normal_settings_without_logit_normal_sampling(cli, tmp_path):
+    spec = {**LDM, "diffusion": {"logit_mean": 0.5}}
+    refused(cli, tmp_path, spec, "diffusion", "logit_mean applies only to timestep_sampling 'logit_normal', not 'uniform'",
+            "set timestep_sampling to 'logit_normal' or remove it")
+    # A run's stored spec names every field at its default; it must still load.
+    assert DiffusionSpec.model_validate(DiffusionSpec().model_dump()).timestep_sampling == "uniform"
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b"])
