@@ -130,9 +130,8 @@ def sample_timesteps(kind: TimestepSampling, count: int, steps: int, *, mean: fl
 
     ``uniform``: every step equally often, as the paper trains. ``logit_normal``: t / T is
     sigmoid(u) with u ~ N(mean, std) (Esser et al., 2024), which spends the training on the
-    middle of the process, where layout and which colour goes with which shape are decided,
-    and less on the nearly clean and nearly pure-noise ends; a positive ``mean`` moves it
-    towards noise.
+    middle of the process, where an image's layout is settled, and less on the nearly clean
+    and nearly pure-noise ends; a positive ``mean`` moves it towards noise.
     """
     if kind == "uniform":
         return torch.randint(0, steps, (count,), generator=generator, device=device)
