@@ -35,12 +35,22 @@ def one_run(spec: Path, runs: Path, keep: bool) -> tuple[float, int, float, floa
     """(median steps per second, minor page faults, user seconds, system seconds) of one training process."""
     env = {**os.environ, OPT_OUT: "1" if keep else "0"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "tasks.run", str(spec), "--runs-dir", str(runs)], env=env, check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "tasks.run", str(spec), "--runs-dir", str(runs)],
+        env=env,
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rate = steps_per_second(runs / json.loads(spec.read_text())["name"])
-    return (rate, after.ru_minflt - before.ru_minflt, after.ru_utime - before.ru_utime,
-            after.ru_stime - before.ru_stime)
+    return (
+        rate,
+        after.ru_minflt - before.ru_minflt,
+        after.ru_utime - before.ru_utime,
+        after.ru_stime - before.ru_stime,
+    )
 
 
 def main() -> None:
@@ -52,19 +62,25 @@ def main() -> None:
     spec = json.loads(args.config.read_text())
     spec["name"] = "allocator-speed"
     spec["data"]["params"]["num_examples"] = 600
-    spec["train"].update(max_steps=args.steps, log_every=max(1, args.steps // 6), checkpoint_every=args.steps,
-                         image_every=10 * args.steps)
+    spec["train"].update(
+        max_steps=args.steps,
+        log_every=max(1, args.steps // 6),
+        checkpoint_every=args.steps,
+        image_every=10 * args.steps,
+    )
     results: dict[bool, list[tuple[float, int, float, float]]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "spec.json"
         path.write_text(json.dumps(spec))
         for round_ in range(args.rounds):
-            for keep in ((True, False) if round_ % 2 == 0 else (False, True)):
+            for keep in (True, False) if round_ % 2 == 0 else (False, True):
                 runs = Path(scratch) / f"runs-{round_}-{keep}"
                 rate, faults, user, system = one_run(path, runs, keep)
                 results[keep].append((rate, faults, user, system))
-                print(f"round {round_} {'kept' if keep else 'glibc defaults'}: {rate:.2f} steps/s, {faults} minor "
-                      f"faults, CPU {user:.1f} s user + {system:.1f} s system")
+                print(
+                    f"round {round_} {'kept' if keep else 'glibc defaults'}: {rate:.2f} steps/s, {faults} minor "
+                    f"faults, CPU {user:.1f} s user + {system:.1f} s system"
+                )
     measures = {"steps/s": lambda r: r[0], "CPU seconds": lambda r: r[2] + r[3]}
     for what, measure in measures.items():
         kept, default = (statistics.median(map(measure, results[k])) for k in (True, False))

@@ -42,12 +42,27 @@ def spec_data(steps: int, device: str) -> dict:
         "name": "bench",
         "runtime": {"accelerator": device},
         "data": {"name": "digits", "params": {"size": 32, "channels": 3}},
-        "model": {"name": "autoencoder", "params": {
-            "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "mid_attention": False, "z_channels": 4, "norm_groups": 8,
-            "regularizer": {"name": "kl"}}},
+        "model": {
+            "name": "autoencoder",
+            "params": {
+                "ch": 32,
+                "ch_mult": [1, 2, 2],
+                "num_res_blocks": 1,
+                "mid_attention": False,
+                "z_channels": 4,
+                "norm_groups": 8,
+                "regularizer": {"name": "kl"},
+            },
+        },
         "loss": {"perceptual": None},
-        "train": {"max_steps": steps, "batch_size": 16, "log_every": WARMUP, "checkpoint_every": 100000,
-                  "optimizer": {"lr": 1e-4}, "ema": {"decay": 0.999}},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 16,
+            "log_every": WARMUP,
+            "checkpoint_every": 100000,
+            "optimizer": {"lr": 1e-4},
+            "ema": {"decay": 0.999},
+        },
     }
 
 
@@ -86,8 +101,10 @@ def engine(spec, steps: int) -> float:
         ctx = RunContext(registry=load_registry(), runs_dir=Path(runs))
         train(spec, ctx, AutoencoderObjective)
         # One line per WARMUP steps, each with the rate since the previous line: skip the first.
-        rates = [json.loads(line)["throughput/steps_per_s"]
-                 for line in (Path(runs) / "bench" / "metrics.jsonl").read_text().splitlines()][1:]
+        rates = [
+            json.loads(line)["throughput/steps_per_s"]
+            for line in (Path(runs) / "bench" / "metrics.jsonl").read_text().splitlines()
+        ][1:]
     return statistics.fmean(1.0 / r for r in rates)
 
 
@@ -99,14 +116,21 @@ def main() -> None:
     args = parser.parse_args()
     spec = validate_task(spec_data(args.steps, args.device), spec_models(), load_registry())
     params = sum(p.numel() for p in spec.model.build().parameters())
-    print(f"model: autoencoder, {params:,} parameters; {args.steps} steps per run, first {WARMUP} skipped; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    print(
+        f"model: autoencoder, {params:,} parameters; {args.steps} steps per run, first {WARMUP} skipped; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}",
+        flush=True,
+    )
     times: dict[str, list[float]] = {"bare": [], "engine": []}
     for round_ in range(args.rounds):
         times["bare"].append(bare(spec, args.steps, args.device))
         times["engine"].append(engine(spec, args.steps))
-        print(f"round {round_ + 1}: bare {times['bare'][-1] * 1000:.1f} ms/step, "
-              f"engine {times['engine'][-1] * 1000:.1f} ms/step", file=sys.stderr, flush=True)
+        print(
+            f"round {round_ + 1}: bare {times['bare'][-1] * 1000:.1f} ms/step, "
+            f"engine {times['engine'][-1] * 1000:.1f} ms/step",
+            file=sys.stderr,
+            flush=True,
+        )
     b, e = statistics.median(times["bare"]), statistics.median(times["engine"])
     print(f"median: bare {b * 1000:.1f} ms/step, engine {e * 1000:.1f} ms/step, ratio engine/bare {e / b:.3f}")
 

@@ -37,8 +37,10 @@ def main() -> None:
             rebuilt = first.decode(first.encode(images)).clamp(-1, 1)
         right, _ = val.caption_matches(rebuilt, [e["caption"] for e in chosen])
         psnr = 10 * math.log10(4 / ((rebuilt - images) ** 2).mean().item())
-        print(f"{args.run}: {objects}-object reconstructions judged right {right.double().mean().item():.1%} "
-              f"of {len(chosen)}, PSNR {psnr:.2f} dB")
+        print(
+            f"{args.run}: {objects}-object reconstructions judged right {right.double().mean().item():.1%} "
+            f"of {len(chosen)}, PSNR {psnr:.2f} dB"
+        )
 
 
 if __name__ == "__main__":

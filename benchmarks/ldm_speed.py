@@ -27,10 +27,22 @@ from tasks.run import main as run_task
 
 ROOT = Path(__file__).resolve().parent.parent
 # A small UNet, as the quickstart's: the cache matters most when the first stage is not small beside it.
-UNET = {"name": "unet", "params": {"model_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
-                                   "attention_levels": [2], "head_channels": 32, "norm_groups": 16}}
-FIRST_STAGES = {"digits": "digits_autoencoder.json", "shapes": "shapes_autoencoder_kl.json",
-                "paper": "paper/cin256_v2.json"}
+UNET = {
+    "name": "unet",
+    "params": {
+        "model_channels": 32,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "attention_levels": [2],
+        "head_channels": 32,
+        "norm_groups": 16,
+    },
+}
+FIRST_STAGES = {
+    "digits": "digits_autoencoder.json",
+    "shapes": "shapes_autoencoder_kl.json",
+    "paper": "paper/cin256_v2.json",
+}
 """``paper``: the paper's f=4 autoencoder (128 channels, [1, 2, 4], VQ), here on 64 px shapes."""
 
 
@@ -43,27 +55,46 @@ def run(spec: dict, runs: Path) -> None:
 
 
 def steps_per_second(run_dir: Path) -> float:
-    rates = [row["throughput/steps_per_s"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-             if "throughput/steps_per_s" in row]
+    rates = [
+        row["throughput/steps_per_s"]
+        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "throughput/steps_per_s" in row
+    ]
     return statistics.median(rates[1:])
 
 
 def ldm_spec(name: str, first_stage: str, data: dict, cache: bool, steps: int) -> dict:
     return {
-        "task": "train_ldm", "name": name, "seed": 0, "runtime": {"accelerator": "cpu"}, "data": data,
-        "first_stage": {"run": first_stage}, "denoiser": UNET, "latent_cache": cache,
+        "task": "train_ldm",
+        "name": name,
+        "seed": 0,
+        "runtime": {"accelerator": "cpu"},
+        "data": data,
+        "first_stage": {"run": first_stage},
+        "denoiser": UNET,
+        "latent_cache": cache,
         "conditioners": [{"name": "class_label", "params": {"num_classes": 18, "dim": 128}}],
-        "train": {"max_steps": steps, "batch_size": 32, "log_every": 10, "checkpoint_every": steps, "ema": None,
-                  "optimizer": {"lr": 1e-4}},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 32,
+            "log_every": 10,
+            "checkpoint_every": steps,
+            "ema": None,
+            "optimizer": {"lr": 1e-4},
+        },
     }
 
 
 def throughput(which: str, runs: Path, steps: int, rounds: int) -> dict:
     ae = json.loads((ROOT / "configs" / FIRST_STAGES[which]).read_text())
     if ae["task"] == "pipeline":  # a paper template: its first stage, on data generated here, no weights files
-        ae = {**ae["stages"][0], "seed": 0, "runtime": {"accelerator": "cpu"},
-              "data": {"name": "shapes", "params": {"size": 64, "num_examples": 1000}},
-              "loss": {"pixel": {"kind": "l1"}}}
+        ae = {
+            **ae["stages"][0],
+            "seed": 0,
+            "runtime": {"accelerator": "cpu"},
+            "data": {"name": "shapes", "params": {"size": 64, "num_examples": 1000}},
+            "loss": {"pixel": {"kind": "l1"}},
+        }
         ae["train"].update(batch_size=4, num_workers=0)
     ae.update(name=f"{which}-ae")
     ae["train"].update(max_steps=4, checkpoint_every=4, log_every=2, image_every=None)
@@ -78,8 +109,13 @@ def throughput(which: str, runs: Path, steps: int, rounds: int) -> dict:
             run(ldm_spec(name, ae["name"], ae["data"], cache, steps), runs)
             found[cache].append(steps_per_second(runs / name))
     cached, encoding = statistics.median(found[True]), statistics.median(found[False])
-    return {"first stage": which, "cache build + 1 step (s)": round(build, 1), "cached steps/s": round(cached, 2),
-            "encoding steps/s": round(encoding, 2), "ratio": round(cached / encoding, 2)}
+    return {
+        "first stage": which,
+        "cache build + 1 step (s)": round(build, 1),
+        "cached steps/s": round(cached, 2),
+        "encoding steps/s": round(encoding, 2),
+        "ratio": round(cached / encoding, 2),
+    }
 
 
 def sampling_times(runs: Path, run_name: str) -> dict[str, float]:

@@ -48,8 +48,10 @@ PEERS: dict[str, tuple[str, dict]] = {
 def build_samplers(builtin_only: bool = True) -> dict[str, Sampler]:
     """Every built-in (or every installed) sampler with its default params."""
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"} if builtin_only else None)
-    return {name: registry.get("sampler", name).cls(registry.get("sampler", name).cls.Params())
-            for name in registry.names("sampler")}
+    return {
+        name: registry.get("sampler", name).cls(registry.get("sampler", name).cls.Params())
+        for name in registry.names("sampler")
+    }
 
 
 def is_stochastic(sampler: Sampler) -> bool:
@@ -57,8 +59,12 @@ def is_stochastic(sampler: Sampler) -> bool:
     data = GaussianData()
     levels = sigmas(SCHEDULE, 3, "logsnr")
     z = torch.zeros(1, 1, dtype=torch.float64)
-    outs = [sampler.sample(data.denoise, data.start(levels[0].item(), z), levels,
-                           generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    outs = [
+        sampler.sample(
+            data.denoise, data.start(levels[0].item(), z), levels, generator=torch.Generator().manual_seed(seed)
+        )
+        for seed in (0, 1)
+    ]
     return not torch.equal(*outs)
 
 
@@ -69,6 +75,7 @@ def steps_within(evaluations: int, count: Callable[[int], int]) -> int:
 
 def ours(sampler: Sampler, spacing: Spacing, evaluations: int, points: int, seed: int = 0) -> tuple[float, int]:
     """(W2 to the truth, evaluations used) for one of our samplers."""
+
     def run_steps(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
         levels = sigmas(SCHEDULE, n, spacing)
         generator = torch.Generator().manual_seed(seed + 1)
@@ -106,8 +113,14 @@ def peer_sigma(scheduler, t: torch.Tensor) -> torch.Tensor:
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
-def run_peer(scheduler, data: GaussianData, z: torch.Tensor, generator: torch.Generator | None = None,
-             trajectory: list[torch.Tensor] | None = None, **step_options) -> torch.Tensor:
+def run_peer(
+    scheduler,
+    data: GaussianData,
+    z: torch.Tensor,
+    generator: torch.Generator | None = None,
+    trajectory: list[torch.Tensor] | None = None,
+    **step_options,
+) -> torch.Tensor:
     """diffusers' sampling loop with the exact eps model, started from the true marginal at
     its first step; ``step_options`` go to each ``scheduler.step`` (e.g. DDIM's eta). Returns the scheduler's own final sample (what its users decode) and
     appends every intermediate one to ``trajectory``: the DDPM form x_t for schedulers that
@@ -175,8 +188,13 @@ def main() -> None:
     print("| sampler | our spacing | ours at 10 / 20 / 50 | diffusers at 10 / 20 / 50 |")
     print("| --- | --- | --- | --- |")
     for name, spacing, mine, theirs in rows:
-        print(f"| {name} | {spacing} | " + " / ".join(f"{v:.1e}" for v in mine) + " | "
-              + " / ".join(f"{v:.1e}" for v in theirs) + " |")
+        print(
+            f"| {name} | {spacing} | "
+            + " / ".join(f"{v:.1e}" for v in mine)
+            + " | "
+            + " / ".join(f"{v:.1e}" for v in theirs)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

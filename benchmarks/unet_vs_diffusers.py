@@ -41,9 +41,20 @@ SETUPS = ("plain", "engine")
 
 
 def ours() -> torch.nn.Module:
-    return UNet(UNet.Params(in_channels=4, out_channels=4, context_dim=CONTEXT, model_channels=64,
-                            channel_mult=[1, 2, 2], num_res_blocks=2, attention_levels=[1, 2], head_channels=32,
-                            norm_groups=32, scale_shift_norm=False))
+    return UNet(
+        UNet.Params(
+            in_channels=4,
+            out_channels=4,
+            context_dim=CONTEXT,
+            model_channels=64,
+            channel_mult=[1, 2, 2],
+            num_res_blocks=2,
+            attention_levels=[1, 2],
+            head_channels=32,
+            norm_groups=32,
+            scale_shift_norm=False,
+        )
+    )
 
 
 def theirs() -> torch.nn.Module:
@@ -51,10 +62,17 @@ def theirs() -> torch.nn.Module:
 
     # diffusers' attention_head_dim is, for historical reasons, the number of heads: 128 / 4 = 32 wide.
     return UNet2DConditionModel(
-        sample_size=SIDE, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=2,
+        sample_size=SIDE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128, 128),
+        layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CONTEXT, attention_head_dim=4, norm_num_groups=32)
+        cross_attention_dim=CONTEXT,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
 
 
 def calls(model: torch.nn.Module, is_ours: bool, batch: int, device: str, bf16: bool, engine: bool):
@@ -134,10 +152,15 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     bf16 = args.precision == "bf16-mixed"
     torch.manual_seed(0)
-    models = {f"{who} ({setup})": make().to(args.device)
-              for setup in SETUPS for who, make in (("ours", ours), ("diffusers", theirs))}
-    closures = {name: calls(model, name.startswith("ours"), args.batch, args.device, bf16, name.endswith("(engine)"))
-                for name, model in models.items()}
+    models = {
+        f"{who} ({setup})": make().to(args.device)
+        for setup in SETUPS
+        for who, make in (("ours", ours), ("diffusers", theirs))
+    }
+    closures = {
+        name: calls(model, name.startswith("ours"), args.batch, args.device, bf16, name.endswith("(engine)"))
+        for name, model in models.items()
+    }
     times = {name: {"forward": [], "train": []} for name in models}
     for round_ in range(args.warmup + args.rounds):
         for name, (forward, train_step, _) in closures.items():
@@ -153,12 +176,19 @@ def main() -> None:
         forward_flops, train_flops = flops(closures[name][2])
         f, s = statistics.median(times[name]["forward"]), statistics.median(times[name]["train"])
         medians[name] = (f, s)
-        print(f"{name:18s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
-              f"({forward_flops / f / 1e6:.1f} GFLOP/s, {forward_flops / f / 1e6 / peak:.0%} of peak) | "
-              f"train step {s:.1f} ms ({train_flops / s / 1e6:.1f} GFLOP/s, {train_flops / s / 1e6 / peak:.0%} of peak)")
-    for theirs_, ours_ in [*((f"diffusers ({s})", f"ours ({s})") for s in SETUPS), ("diffusers (plain)", "ours (engine)")]:
-        print(f"{theirs_} / {ours_}: forward {medians[theirs_][0] / medians[ours_][0]:.3f}, "
-              f"train step {medians[theirs_][1] / medians[ours_][1]:.3f}")
+        print(
+            f"{name:18s} {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params | forward {f:.1f} ms "
+            f"({forward_flops / f / 1e6:.1f} GFLOP/s, {forward_flops / f / 1e6 / peak:.0%} of peak) | "
+            f"train step {s:.1f} ms ({train_flops / s / 1e6:.1f} GFLOP/s, {train_flops / s / 1e6 / peak:.0%} of peak)"
+        )
+    for theirs_, ours_ in [
+        *((f"diffusers ({s})", f"ours ({s})") for s in SETUPS),
+        ("diffusers (plain)", "ours (engine)"),
+    ]:
+        print(
+            f"{theirs_} / {ours_}: forward {medians[theirs_][0] / medians[ours_][0]:.3f}, "
+            f"train step {medians[theirs_][1] / medians[ours_][1]:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ class DataParams(Params):
     """The params every dataset shares."""
 
     split: Literal["all", "train", "val"] = Field(
-        "all", description="Every val_every-th example is validation ('val'); 'train' is the rest.")
+        "all", description="Every val_every-th example is validation ('val'); 'train' is the rest."
+    )
     val_every: PositiveInt = Field(10, ge=2, description="One example in this many is validation.")
     lowres_factor: PositiveInt | None = Field(
-        None, ge=2, description="Also give 'lowres': the image downsampled by this factor (area average).")
+        None, ge=2, description="Also give 'lowres': the image downsampled by this factor (area average)."
+    )
 
 
 def split_indices(size: int, params: DataParams) -> torch.Tensor:

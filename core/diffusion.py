@@ -124,8 +124,16 @@ def min_snr_weights(schedule: NoiseSchedule, t: Tensor, prediction: Prediction, 
     return clipped.float()
 
 
-def sample_timesteps(kind: TimestepSampling, count: int, steps: int, *, mean: float = 0.0, std: float = 1.0,
-                     generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+def sample_timesteps(
+    kind: TimestepSampling,
+    count: int,
+    steps: int,
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """(count,) integer training timesteps in [0, steps).
 
     ``uniform``: every step equally often, as the paper trains. ``logit_normal``: t / T is
@@ -139,8 +147,13 @@ def sample_timesteps(kind: TimestepSampling, count: int, steps: int, *, mean: fl
     return (torch.sigmoid(u) * steps).long().clamp_(max=steps - 1)
 
 
-def offset_noise(shape: tuple[int, ...], strength: float, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+def offset_noise(
+    shape: tuple[int, ...],
+    strength: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Gaussian noise (B, C, H, W) plus ``strength`` x a per-channel constant (B, C, 1, 1), so that
     a model can learn to change an image's mean brightness (offset noise)."""
     noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)

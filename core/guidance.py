@@ -29,8 +29,9 @@ def unconditional_half(cond: Conditioning, null: Conditioning, keep_concat: bool
     return null
 
 
-def guided(model: ConditionalModel, cond: Conditioning, uncond: Conditioning, scale: float
-           ) -> Callable[[Tensor, Tensor], Tensor]:
+def guided(
+    model: ConditionalModel, cond: Conditioning, uncond: Conditioning, scale: float
+) -> Callable[[Tensor, Tensor], Tensor]:
     """``model(x, t, cond)`` (x (B, ...), t (B,)) as a function of (x, t) alone, guided by ``scale``.
 
     Scale 1 is the conditional model and costs one pass; scale 0 the unconditional one, also

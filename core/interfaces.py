@@ -36,8 +36,7 @@ class Component:
         super().__init__()
         if not isinstance(params, type(self).Params):
             raise TypeError(
-                f"{type(self).__name__} is built from {type(self).__name__}.Params, "
-                f"got {type(params).__name__}"
+                f"{type(self).__name__} is built from {type(self).__name__}.Params, got {type(params).__name__}"
             )
         self.params = params
 
@@ -260,7 +259,11 @@ class Sampler(Component, abc.ABC):
 
     @abc.abstractmethod
     def sample(
-        self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *,
+        self,
+        denoise: DenoiseFn,
+        x: Tensor,
+        sigmas: Tensor,
+        *,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
         """Noise x (B, ...) at sigmas[0] -> sample (B, ...) at sigma 0.

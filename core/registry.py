@@ -82,7 +82,9 @@ class Registry:
         if self._frozen:
             raise RuntimeError(f"the registry is frozen; {name!r} must be added from an ldm_register hook")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"component name {name!r} must be lower case letters, digits and '_', starting with a letter")
+            raise ValueError(
+                f"component name {name!r} must be lower case letters, digits and '_', starting with a letter"
+            )
         kind = kind_of(cls)
         params = getattr(cls, "Params", None)
         if not (isinstance(params, type) and issubclass(params, Params)):
@@ -151,4 +153,3 @@ class Registry:
         valid = self.names(kind)
         listed = ", ".join(valid) if valid else "none is installed"
         return f"unknown {kind} {name!r}{did_you_mean(name, valid)}; installed {kind}s: {listed}"
-

@@ -34,10 +34,12 @@ def noise_like(x: Tensor, generator: Generators) -> Tensor:
     if isinstance(generator, list):
         if len(generator) != x.shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device)
-                            for g in generator])
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype,
-                       device=generator.device if generator is not None else x.device).to(x.device)
+        return torch.stack(
+            [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device).to(x.device) for g in generator]
+        )
+    return torch.randn(
+        x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator is not None else x.device
+    ).to(x.device)
 
 
 def timesteps(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
@@ -93,8 +95,9 @@ def sigmas(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
     return torch.cat([sigma_at(schedule, timesteps(schedule, steps, spacing)), torch.zeros(1, dtype=torch.float64)])
 
 
-def denoiser(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, prediction: Prediction
-             ) -> Callable[[Tensor, Tensor], Tensor]:
+def denoiser(
+    model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule, prediction: Prediction
+) -> Callable[[Tensor, Tensor], Tensor]:
     """``D(x, sigma)`` for a network ``model(x_t, t)`` trained on ``schedule`` to predict ``prediction``.
 
     x = x_0 + sigma eps is scaled to the network's x_t = x / sqrt(1 + sigma^2); t is the
@@ -170,7 +173,7 @@ def sample(
         x = noise * (1 + levels[0] ** 2).sqrt().to(noise.dtype)
         return sampler.sample(denoise, x, levels, generator=generator)
     n = len(levels) - 1
-    levels = levels[n - int(n * strength):]
+    levels = levels[n - int(n * strength) :]
     if len(levels) == 1:
         return init
     if mask is not None:

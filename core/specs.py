@@ -143,7 +143,8 @@ class RuntimeSpec(SpecModel):
     memory_format: Literal["channels_last", "contiguous"] = Field(
         "channels_last",
         description="How trained models hold their 4-d (convolution) weights; channels_last makes convolutions "
-                    "faster on CPUs (oneDNN) and on GPUs with tensor cores, and gives the same results up to rounding.")
+        "faster on CPUs (oneDNN) and on GPUs with tensor cores, and gives the same results up to rounding.",
+    )
 
 
 class TaskSpec(SpecModel):

@@ -94,8 +94,13 @@ class ComponentContract:
         """Every tensor the component produces for ``inputs``, by a name used in messages."""
         raise NotImplementedError
 
-    def run(self, module: Component, batch_size: int = 2, device: str | torch.device = "cpu",
-            dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    def run(
+        self,
+        module: Component,
+        batch_size: int = 2,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, Tensor]:
         """``outputs`` for a seeded batch moved to ``device`` (floating inputs cast to ``dtype``)."""
         generator = torch.Generator().manual_seed(SEED)
         with torch.no_grad():
@@ -166,7 +171,9 @@ class ConditionerContract(ComponentContract):
         assert isinstance(cond, Conditioning), f"forward returned {type(cond).__name__}, not core.Conditioning"
         null = module.unconditional(cond)
         found = {part: getattr(cond, part) for part in PARTS if getattr(cond, part) is not None}
-        found.update({f"unconditional {part}": getattr(null, part) for part in PARTS if getattr(null, part) is not None})
+        found.update(
+            {f"unconditional {part}": getattr(null, part) for part in PARTS if getattr(null, part) is not None}
+        )
         return found
 
     def test_reads_a_field(self) -> None:
@@ -190,7 +197,9 @@ class ConditionerContract(ComponentContract):
             mine, other = getattr(cond, part), getattr(null, part)
             assert (mine is None) == (other is None), f"unconditional() and forward disagree on part {part!r}"
             if mine is not None:
-                assert other.shape == mine.shape, f"unconditional {part} is {tuple(other.shape)}, condition {tuple(mine.shape)}"
+                assert other.shape == mine.shape, (
+                    f"unconditional {part} is {tuple(other.shape)}, condition {tuple(mine.shape)}"
+                )
                 assert other.dtype == mine.dtype, f"unconditional {part} is {other.dtype}, condition {mine.dtype}"
                 assert torch.isfinite(other).all(), f"unconditional {part} is not finite"
 
@@ -203,7 +212,9 @@ class FirstStageContract(ComponentContract):
 
     def inputs(self, batch_size: int, generator: torch.Generator) -> Tensor:
         shape = self.component.latent_shape(self.validated_params())
-        return torch.rand(batch_size, shape.image_channels, self.image_size, self.image_size, generator=generator) * 2 - 1
+        return (
+            torch.rand(batch_size, shape.image_channels, self.image_size, self.image_size, generator=generator) * 2 - 1
+        )
 
     def outputs(self, module: FirstStage, inputs: Tensor) -> dict[str, Tensor]:
         latent = module.encode(inputs)
@@ -214,19 +225,24 @@ class FirstStageContract(ComponentContract):
         side = self.image_size // shape.factor
         got = self.run(self.build(), batch_size=3)
         assert tuple(got["latent"].shape) == (3, shape.channels, side, side), (
-            f"latent_shape() declares {shape}, encode gave {tuple(got['latent'].shape)} for {self.image_size}px images")
+            f"latent_shape() declares {shape}, encode gave {tuple(got['latent'].shape)} for {self.image_size}px images"
+        )
         assert tuple(got["image"].shape) == (3, shape.image_channels, self.image_size, self.image_size), (
-            f"decode gave {tuple(got['image'].shape)}")
+            f"decode gave {tuple(got['image'].shape)}"
+        )
 
     def test_moments_give_the_latent(self) -> None:
         module = self.build()
         x = self.inputs(2, torch.Generator().manual_seed(SEED))
         with torch.no_grad():
             moments = module.moments(x)
-            assert torch.equal(moments, module.moments(x)), "moments must be deterministic in eval mode (a cache stores them)"
+            assert torch.equal(moments, module.moments(x)), (
+                "moments must be deterministic in eval mode (a cache stores them)"
+            )
             latent = module.latent_from_moments(moments)
         assert latent.shape == module.encode(x).shape, (
-            f"latent_from_moments gave {tuple(latent.shape)}, encode {tuple(module.encode(x).shape)}")
+            f"latent_from_moments gave {tuple(latent.shape)}, encode {tuple(module.encode(x).shape)}"
+        )
 
 
 class DenoiserContract(ComponentContract):

@@ -74,17 +74,19 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"spec file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        raise UserError(
+            f"spec file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
     if not isinstance(data, dict):
-        raise UserError(f"spec file {str(path)!r} holds a JSON {type(data).__name__}, not an object; a spec is an object with 'task', 'name', ...")
+        raise UserError(
+            f"spec file {str(path)!r} holds a JSON {type(data).__name__}, not an object; a spec is an object with 'task', 'name', ..."
+        )
     if not data:
         raise UserError(f"spec file {str(path)!r} holds an empty object; a spec needs at least 'task' and 'name'")
     return data
 
 
-def validate_task(
-    data: Any, tasks: Mapping[str, type[TaskSpec]], registry: Registry, source: str = "spec"
-) -> TaskSpec:
+def validate_task(data: Any, tasks: Mapping[str, type[TaskSpec]], registry: Registry, source: str = "spec") -> TaskSpec:
     """Validate ``data`` as the task spec its ``task`` field names; raise :class:`SpecError` if it is wrong."""
     if not isinstance(data, dict) or not data:
         raise SpecError([((), "a spec must be a non-empty JSON object with at least 'task' and 'name'")], source)
@@ -93,7 +95,9 @@ def validate_task(
     if task is None:
         raise SpecError([(("task",), f"this field is required; valid tasks: {valid}")], source)
     if not isinstance(task, str) or task not in tasks:
-        raise SpecError([(("task",), f"unknown task {task!r}{did_you_mean(str(task), tasks)}; valid tasks: {valid}")], source)
+        raise SpecError(
+            [(("task",), f"unknown task {task!r}{did_you_mean(str(task), tasks)}; valid tasks: {valid}")], source
+        )
     try:
         return tasks[task].model_validate(data, context={"registry": registry})
     except ValidationError as err:
@@ -126,16 +130,21 @@ def task_schema(tasks: Mapping[str, type[TaskSpec]], registry: Registry) -> dict
                 defs[prefix + name] = sub
                 if "x-ldm-kind" in sub:
                     pending.append(prefix + name)
-            choices.append({
-                "title": f"{kind} {entry.name}",
-                "description": entry.summary,
-                "type": "object",
-                "properties": {"name": {"const": entry.name}, "params": params, **extra},
-                "required": ["name"],
-                "additionalProperties": False,
-            })
-        defs[key] = {"description": f"A registered {kind}.", "oneOf": choices} if choices else {
-            "description": f"no {kind} is installed", "not": {}}
+            choices.append(
+                {
+                    "title": f"{kind} {entry.name}",
+                    "description": entry.summary,
+                    "type": "object",
+                    "properties": {"name": {"const": entry.name}, "params": params, **extra},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                }
+            )
+        defs[key] = (
+            {"description": f"A registered {kind}.", "oneOf": choices}
+            if choices
+            else {"description": f"no {kind} is installed", "not": {}}
+        )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "ldm task spec",

@@ -37,11 +37,15 @@ class Autoencoder(FirstStage):
     class Params(Params):
         in_channels: PositiveInt = Field(3, description="Image channels.")
         ch: PositiveInt = Field(128, description="Base channel count.")
-        ch_mult: list[PositiveInt] = Field([1, 2, 4, 4], min_length=1,
-                                           description="Channel multiplier per level; each level after the first halves H and W.")
+        ch_mult: list[PositiveInt] = Field(
+            [1, 2, 4, 4],
+            min_length=1,
+            description="Channel multiplier per level; each level after the first halves H and W.",
+        )
         num_res_blocks: PositiveInt = 2
         attention_levels: list[NonNegativeInt] = Field(
-            [], description="Levels (0 = full resolution) with self-attention after each residual block.")
+            [], description="Levels (0 = full resolution) with self-attention after each residual block."
+        )
         mid_attention: bool = Field(True, description="Self-attention between the two middle residual blocks.")
         z_channels: PositiveInt = Field(4, description="Latent channels c.")
         norm_groups: PositiveInt = Field(32, description="GroupNorm groups; must divide every level's channels.")
@@ -56,8 +60,9 @@ class Autoencoder(FirstStage):
 
     @classmethod
     def latent_shape(cls, params: Autoencoder.Params) -> LatentShape:
-        return LatentShape(channels=params.z_channels, factor=2 ** (len(params.ch_mult) - 1),
-                           image_channels=params.in_channels)
+        return LatentShape(
+            channels=params.z_channels, factor=2 ** (len(params.ch_mult) - 1), image_channels=params.in_channels
+        )
 
     def __init__(self, params: Autoencoder.Params) -> None:
         super().__init__(params)

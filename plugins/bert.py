@@ -42,7 +42,9 @@ class BertConfig(BaseModel):
     @model_validator(mode="after")
     def _heads_divide(self) -> BertConfig:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} does not divide hidden_size {self.hidden_size}")
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} does not divide hidden_size {self.hidden_size}"
+            )
         return self
 
     @classmethod
@@ -78,7 +80,9 @@ class _SelfAttention(nn.Module):
         self.query, self.key, self.value = (nn.Linear(c.hidden_size, c.hidden_size) for _ in range(3))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        q, k, v = (rearrange(layer(x), "b m (h d) -> b h m d", h=self.heads) for layer in (self.query, self.key, self.value))
+        q, k, v = (
+            rearrange(layer(x), "b m (h d) -> b h m d", h=self.heads) for layer in (self.query, self.key, self.value)
+        )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(mask, "b m -> b 1 1 m"))
         return rearrange(out, "b h m d -> b m (h d)")
 
@@ -175,9 +179,16 @@ def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
     except (OSError, SafetensorError) as exc:
         raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [f"{k} {found[k]} (expected {expected[k]})" for k in sorted(found) if k in expected and found[k] != expected[k]]
-    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if items]
+    wrong = [
+        f"{k} {found[k]} (expected {expected[k]})" for k in sorted(found) if k in expected and found[k] != expected[k]
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if items
+    ]
     if problems:
-        raise ValueError(f"{path} does not fit its config.json ({'; '.join(problems)}); "
-                         "give the folder that holds both files of one BERT model")
+        raise ValueError(
+            f"{path} does not fit its config.json ({'; '.join(problems)}); "
+            "give the folder that holds both files of one BERT model"
+        )

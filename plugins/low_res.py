@@ -21,7 +21,9 @@ from core import Conditioner, Conditioning, ConditioningShape, Params
 
 def _embed(level: Tensor, dim: int) -> Tensor:
     """Sinusoidal features (B, dim) of noise levels (B,) in [0, 1]."""
-    freqs = torch.exp(torch.arange(dim // 2, device=level.device, dtype=torch.float32) * (math.log(1000.0) / max(1, dim // 2)))
+    freqs = torch.exp(
+        torch.arange(dim // 2, device=level.device, dtype=torch.float32) * (math.log(1000.0) / max(1, dim // 2))
+    )
     angles = level.float()[:, None] * freqs[None]
     return F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim % 2))
 
@@ -31,7 +33,9 @@ class LowRes(Conditioner):
 
     class Params(Params):
         image_channels: PositiveInt = Field(3, description="Channels of the low-res image.")
-        lowres_factor: PositiveInt = Field(4, description="k: the low-res image is the image's size / k (the data's lowres_factor).")
+        lowres_factor: PositiveInt = Field(
+            4, description="k: the low-res image is the image's size / k (the data's lowres_factor)."
+        )
         factor: PositiveInt = Field(4, description="The first stage's f: the output is the image's size / f.")
         max_noise: NonNegativeFloat = Field(0.2, description="Training draws the noise level from [0, max_noise].")
         sample_noise: NonNegativeFloat = Field(0.0, description="The noise level when sampling (eval mode).")
@@ -40,8 +44,9 @@ class LowRes(Conditioner):
 
     def __init__(self, params: LowRes.Params) -> None:
         super().__init__(params)
-        self.level = nn.Sequential(nn.Linear(params.vector_dim, params.vector_dim), nn.SiLU(),
-                                   nn.Linear(params.vector_dim, params.vector_dim))
+        self.level = nn.Sequential(
+            nn.Linear(params.vector_dim, params.vector_dim), nn.SiLU(), nn.Linear(params.vector_dim, params.vector_dim)
+        )
         self.null_map = nn.Parameter(torch.zeros(params.image_channels))
         self.null_vector = nn.Parameter(torch.zeros(params.vector_dim))
 
@@ -62,8 +67,9 @@ class LowRes(Conditioner):
         p = self.params
         y = torch.as_tensor(y, device=self.null_map.device)
         if y.ndim != 4 or y.shape[1] != p.image_channels or not y.dtype.is_floating_point:
-            raise ValueError(f"low_res takes float images of shape (B, {p.image_channels}, h, w), "
-                             f"got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"low_res takes float images of shape (B, {p.image_channels}, h, w), got {y.dtype} {tuple(y.shape)}"
+            )
         y = y.to(self.null_map.dtype)
         size = (y.shape[-2] * p.lowres_factor // p.factor, y.shape[-1] * p.lowres_factor // p.factor)
         if size != tuple(y.shape[-2:]):
@@ -79,5 +85,7 @@ class LowRes(Conditioner):
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """Learned "no image" values: one per channel and one vector, repeated to ``cond``'s shapes."""
-        return Conditioning(concat=self.null_map[None, :, None, None].expand_as(cond.concat),
-                            vector=self.null_vector.expand_as(cond.vector))
+        return Conditioning(
+            concat=self.null_map[None, :, None, None].expand_as(cond.concat),
+            vector=self.null_vector.expand_as(cond.vector),
+        )

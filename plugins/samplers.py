@@ -77,8 +77,9 @@ def plms(denoise: DenoiseFn, x: Tensor, sigmas: Tensor) -> Tensor:
     return x
 
 
-def euler_ancestral(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 1.0,
-                    generator: Generators = None) -> Tensor:
+def euler_ancestral(
+    denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 1.0, generator: Generators = None
+) -> Tensor:
     """Euler steps down to sigma_down, then noise up to the next level; n evaluations.
 
     This is DDIM's update with its eta (Song et al., 2021): eta = 0 is deterministic DDIM
@@ -92,8 +93,7 @@ def euler_ancestral(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 
     return x
 
 
-def dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 0.0,
-             generator: Generators = None) -> Tensor:
+def dpmpp_2m(denoise: DenoiseFn, x: Tensor, sigmas: Tensor, eta: float = 0.0, generator: Generators = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022): second-order multistep in log sigma; n evaluations.
 
     eta > 0 is its SDE form (midpoint correction): with h = log(sigma / sigma_next) the
@@ -133,7 +133,9 @@ class EtaSampler(Sampler):
     solve: ClassVar[Callable[[DenoiseFn, Tensor, Tensor, float, Generators], Tensor]]
 
     class Params(Params):
-        eta: float = Field(1.0, ge=0.0, le=1.0, description="Fresh noise per step: 0 deterministic, 1 DDPM's posterior.")
+        eta: float = Field(
+            1.0, ge=0.0, le=1.0, description="Fresh noise per step: 0 deterministic, 1 DDPM's posterior."
+        )
 
     def sample(self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, generator: Generators = None) -> Tensor:
         return type(self).solve(denoise, x, sigmas, self.params.eta, generator)
@@ -174,7 +176,6 @@ class DdimSampler(EtaSampler):
 
 class DdpmSampler(Sampler):
     """DDPM: ancestral sampling with the posterior variance, one evaluation a step."""
-
 
     def sample(self, denoise: DenoiseFn, x: Tensor, sigmas: Tensor, *, generator: Generators = None) -> Tensor:
         return euler_ancestral(denoise, x, sigmas, 1.0, generator)

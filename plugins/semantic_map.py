@@ -22,12 +22,19 @@ class SemanticMap(Conditioner):
     """Semantic map: class indices (B, H, W) -> concat maps at the latent's size (+ optional tokens)."""
 
     class Params(Params):
-        num_classes: PositiveInt = Field(description="Classes in the map (0 .. num_classes - 1; 0 is background on shapes).")
+        num_classes: PositiveInt = Field(
+            description="Classes in the map (0 .. num_classes - 1; 0 is background on shapes)."
+        )
         channels: PositiveInt = Field(16, description="Channels of the concat output.")
-        factor: PositiveInt = Field(4, description="The first stage's f: the output is the map's size / factor (a power of 2).")
+        factor: PositiveInt = Field(
+            4, description="The first stage's f: the output is the map's size / factor (a power of 2)."
+        )
         method: Literal["conv", "interpolate"] = Field(
-            "conv", description="Strided 3x3 convolutions, or area interpolation then a 1x1 convolution.")
-        context_dim: PositiveInt | None = Field(None, description="Also give one cross-attention token per position, this wide.")
+            "conv", description="Strided 3x3 convolutions, or area interpolation then a 1x1 convolution."
+        )
+        context_dim: PositiveInt | None = Field(
+            None, description="Also give one cross-attention token per position, this wide."
+        )
         field: str = Field("segmentation", description="The example field holding the map.")
 
         @field_validator("factor")
@@ -70,13 +77,18 @@ class SemanticMap(Conditioner):
         y = torch.as_tensor(y, device=self.null_map.device)
         k = self.params.num_classes
         if y.ndim != 3 or y.dtype.is_floating_point:
-            raise ValueError(f"semantic_map takes integer class maps of shape (B, H, W), got {y.dtype} {tuple(y.shape)}")
+            raise ValueError(
+                f"semantic_map takes integer class maps of shape (B, H, W), got {y.dtype} {tuple(y.shape)}"
+            )
         if y.numel() and (y.min() < 0 or y.max() >= k):
-            raise ValueError(f"semantic_map got class {int(y.max() if y.max() >= k else y.min())}, outside [0, {k}); "
-                             "raise num_classes or fix the maps")
+            raise ValueError(
+                f"semantic_map got class {int(y.max() if y.max() >= k else y.min())}, outside [0, {k}); "
+                "raise num_classes or fix the maps"
+            )
         if y.shape[-1] % self.params.factor or y.shape[-2] % self.params.factor:
-            raise ValueError(f"semantic_map got {y.shape[-2]}x{y.shape[-1]} maps, not divisible by factor "
-                             f"{self.params.factor}")
+            raise ValueError(
+                f"semantic_map got {y.shape[-2]}x{y.shape[-1]} maps, not divisible by factor {self.params.factor}"
+            )
         onehot = rearrange(F.one_hot(y.long(), k), "b h w k -> b k h w").to(self.null_map.dtype)
         if self.params.method == "interpolate":
             onehot = F.interpolate(onehot, scale_factor=1 / self.params.factor, mode="area")

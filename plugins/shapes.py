@@ -20,8 +20,12 @@ from plugins.shapes_captions import objects, parse
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
-    "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1),
-    "yellow": (1, 1, 0), "magenta": (1, 0, 1), "cyan": (0, 1, 1),
+    "red": (1, 0, 0),
+    "green": (0, 1, 0),
+    "blue": (0, 0, 1),
+    "yellow": (1, 1, 0),
+    "magenta": (1, 0, 1),
+    "cyan": (0, 1, 1),
 }
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
 """Labels: colour index x 3 + shape index of the first object (red circle 0 ... cyan triangle 17)."""
@@ -47,9 +51,15 @@ class Shapes(Dataset):
         size: PositiveInt = Field(32, ge=8, description="Side of the square images.")
         num_examples: PositiveInt = Field(5000, description="How many examples (before the split).")
         max_objects: Literal[1, 2] = Field(2, description="Objects per image: 1, or 1 to 2 at random.")
-        two_object_fraction: float = Field(0.5, ge=0, le=1, description=(
-            "With max_objects 2, how often an image is drawn with two objects (a little less often "
-            "in the end: a large first object can leave no room for a second)."))
+        two_object_fraction: float = Field(
+            0.5,
+            ge=0,
+            le=1,
+            description=(
+                "With max_objects 2, how often an image is drawn with two objects (a little less often "
+                "in the end: a large first object can leave no room for a second)."
+            ),
+        )
         min_extent: float = Field(0.3, gt=0, le=1, description="Smallest object side, as a fraction of the image side.")
         max_extent: float = Field(0.6, gt=0, le=1, description="Largest object side, as a fraction of the image side.")
         seed: int = Field(0, description="Which set of images (example i depends on seed and i only).")
@@ -59,14 +69,19 @@ class Shapes(Dataset):
             if self.min_extent > self.max_extent:
                 raise ValueError(f"min_extent {self.min_extent} is above max_extent {self.max_extent}; swap them")
             if self.max_objects == 2 and 2 * self.min_extent > 1:
-                raise ValueError(f"two objects of min_extent {self.min_extent} cannot sit side by side; "
-                                 "use min_extent <= 0.5 or max_objects 1")
+                raise ValueError(
+                    f"two objects of min_extent {self.min_extent} cannot sit side by side; "
+                    "use min_extent <= 0.5 or max_objects 1"
+                )
             return self
 
     @classmethod
     def example_shape(cls, params: Shapes.Params) -> ExampleShape:
-        return ExampleShape(fields=fields_with_lowres({"image", "label", "caption", "segmentation"}, params),
-                            image_size=(params.size, params.size), image_channels=3)
+        return ExampleShape(
+            fields=fields_with_lowres({"image", "label", "caption", "segmentation"}, params),
+            image_size=(params.size, params.size),
+            image_channels=3,
+        )
 
     def __init__(self, params: Shapes.Params) -> None:
         super().__init__(params)
@@ -121,6 +136,8 @@ class Shapes(Dataset):
         p = self.params
         min_area = (p.min_extent * p.size) ** 2 / 4  # a quarter of the smallest object's box
         wanted = [parse(caption, tuple(COLOURS), SHAPES) for caption in captions]
-        matches = [objects(image, COLOURS, SHAPES, min_area) == want for image, want in zip(images, wanted, strict=True)]
+        matches = [
+            objects(image, COLOURS, SHAPES, min_area) == want for image, want in zip(images, wanted, strict=True)
+        ]
         groups = [f"{sum(want.values())} object{'s' if sum(want.values()) > 1 else ''}" for want in wanted]
         return torch.tensor(matches), groups

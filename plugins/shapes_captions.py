@@ -29,8 +29,9 @@ def parse(caption: str, colours: tuple[str, ...], shapes: tuple[str, ...]) -> Co
     return found
 
 
-def objects(image: Tensor, palette: dict[str, tuple[float, float, float]], shapes: tuple[str, ...],
-            min_area: float) -> Counter[tuple[str, str]]:
+def objects(
+    image: Tensor, palette: dict[str, tuple[float, float, float]], shapes: tuple[str, ...], min_area: float
+) -> Counter[tuple[str, str]]:
     """The (colour, shape) objects an image (3, H, W) in [-1, 1] shows, with their counts."""
     colours = list(palette)
     references = torch.tensor([(0.0, 0.0, 0.0), *palette.values()]) * 2 - 1  # background first

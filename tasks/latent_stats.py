@@ -46,8 +46,14 @@ def run(spec: LatentStatsSpec, ctx: RunContext) -> None:
     mean, std = latent_statistics(fabric, model, dataset, spec.batch_size)
     if fabric.is_global_zero:
         open_run_dir(run_dir, resolved, environment_stamp(ctx.registry, fabric.world_size, [str(trained.checkpoint)]))
-        meta = {"run": spec.first_stage.run, "checkpoint": str(trained.checkpoint), "weights": spec.first_stage.weights,
-                "examples": str(len(dataset))}
-        atomic_write(run_dir.root / "latent_stats.safetensors",
-                     lambda tmp: save_file({"mean": mean, "std": std}, str(tmp), metadata=meta))
+        meta = {
+            "run": spec.first_stage.run,
+            "checkpoint": str(trained.checkpoint),
+            "weights": spec.first_stage.weights,
+            "examples": str(len(dataset)),
+        }
+        atomic_write(
+            run_dir.root / "latent_stats.safetensors",
+            lambda tmp: save_file({"mean": mean, "std": std}, str(tmp), metadata=meta),
+        )
         print(json.dumps({"mean": mean.tolist(), "std": std.tolist()}), file=ctx.out)

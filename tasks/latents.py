@@ -19,7 +19,7 @@ def image_batches(dataset: Dataset, batch_size: int, fabric: Fabric) -> Iterator
     """This process's share of ``dataset``'s images, in order, on the device, ``batch_size`` at a time."""
     mine = list(range(fabric.global_rank, len(dataset), fabric.world_size))
     for start in range(0, len(mine), batch_size):
-        yield torch.stack([dataset[i]["image"] for i in mine[start:start + batch_size]]).to(fabric.device)
+        yield torch.stack([dataset[i]["image"] for i in mine[start : start + batch_size]]).to(fabric.device)
 
 
 @torch.no_grad()

@@ -27,27 +27,40 @@ from core.specs import SamplerSpec
 class DiffusionSpec(SpecModel):
     """The forward process and the training loss L_LDM."""
 
-    schedule: ScheduleKind = Field("scaled_linear", description="Beta schedule (the paper's code calls scaled_linear 'linear').")
+    schedule: ScheduleKind = Field(
+        "scaled_linear", description="Beta schedule (the paper's code calls scaled_linear 'linear')."
+    )
     timesteps: PositiveInt = Field(1000, description="T, the number of discrete steps.")
     beta_start: PositiveFloat = 0.00085
     beta_end: PositiveFloat = 0.012
     loss: Literal["l2", "l1"] = Field("l2", description="l2 or l1 between the prediction and its target.")
-    min_snr_gamma: PositiveFloat | None = Field(None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform.")
+    min_snr_gamma: PositiveFloat | None = Field(
+        None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform."
+    )
     offset_noise: NonNegativeFloat = Field(0.0, description="Strength of per-channel offset noise (e.g. 0.1).")
-    timestep_sampling: TimestepSampling = Field("uniform", description=(
-        "How training draws t: uniform (the paper), or logit_normal (t/T = sigmoid(u), u ~ N(logit_mean, logit_std))."))
-    logit_mean: float = Field(0.0, description="With logit_normal: the mean of u (positive: more training at high noise).")
+    timestep_sampling: TimestepSampling = Field(
+        "uniform",
+        description=(
+            "How training draws t: uniform (the paper), or logit_normal (t/T = sigmoid(u), u ~ N(logit_mean, logit_std))."
+        ),
+    )
+    logit_mean: float = Field(
+        0.0, description="With logit_normal: the mean of u (positive: more training at high noise)."
+    )
     logit_std: PositiveFloat = Field(1.0, description="With logit_normal: the spread of u.")
 
     @model_validator(mode="after")
     def _logit_params_need_logit_normal(self) -> DiffusionSpec:
         # Compared with the defaults rather than checked for presence: a run's stored spec has every field.
-        changed = [name for name in ("logit_mean", "logit_std")
-                   if getattr(self, name) != type(self).model_fields[name].default]
+        changed = [
+            name for name in ("logit_mean", "logit_std") if getattr(self, name) != type(self).model_fields[name].default
+        ]
         if changed and self.timestep_sampling != "logit_normal":
-            raise ValueError(f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} only to "
-                             f"timestep_sampling 'logit_normal', not {self.timestep_sampling!r}; set "
-                             f"timestep_sampling to 'logit_normal' or remove {'them' if len(changed) > 1 else 'it'}")
+            raise ValueError(
+                f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} only to "
+                f"timestep_sampling 'logit_normal', not {self.timestep_sampling!r}; set "
+                f"timestep_sampling to 'logit_normal' or remove {'them' if len(changed) > 1 else 'it'}"
+            )
         return self
 
     def noise_schedule(self) -> NoiseSchedule:
@@ -66,13 +79,23 @@ class SamplingSpec(SpecModel):
 class ConditionerUse(ConditionerSpec):
     """A conditioner as the LDM uses it: its spec plus how it trains."""
 
-    drop_rate: float = Field(0.1, ge=0.0, le=1.0, description=(
-        "How often training replaces its output by its 'no condition' output (for guidance); "
-        "concat conditions are never dropped unless drop_concat."))
+    drop_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "How often training replaces its output by its 'no condition' output (for guidance); "
+            "concat conditions are never dropped unless drop_concat."
+        ),
+    )
     drop_concat: bool = Field(False, description="Also drop concat conditions (maps, low-res images).")
-    trainable: bool | None = Field(None, description=(
-        "Optimise it jointly with the denoiser (else frozen); none: the conditioner's default "
-        "(pretrained encoders such as frozen_text_encoder stay frozen, the others train)."))
+    trainable: bool | None = Field(
+        None,
+        description=(
+            "Optimise it jointly with the denoiser (else frozen); none: the conditioner's default "
+            "(pretrained encoders such as frozen_text_encoder stay frozen, the others train)."
+        ),
+    )
 
     @property
     def trains(self) -> bool:
@@ -80,8 +103,9 @@ class ConditionerUse(ConditionerSpec):
         return self.cls.trainable_by_default if self.trainable is None else self.trainable
 
 
-def fill_denoiser(spec: DenoiserSpec, latent: LatentShape, conditioners: list[ConditionerUse],
-                  registry_context: dict[str, Any]) -> DenoiserSpec:
+def fill_denoiser(
+    spec: DenoiserSpec, latent: LatentShape, conditioners: list[ConditionerUse], registry_context: dict[str, Any]
+) -> DenoiserSpec:
     """``spec`` with its sizes filled from the first stage's ``latent`` and the conditioners.
 
     Raises :class:`UserError` naming the numbers that disagree, or the conditioners whose
@@ -90,23 +114,38 @@ def fill_denoiser(spec: DenoiserSpec, latent: LatentShape, conditioners: list[Co
     for i, use in enumerate(conditioners):
         factor = use.cls.concat_factor(use.params)
         if factor is not None and factor != latent.factor:
-            raise UserError(f"conditioners.{i} ({use.name}) makes maps {factor} times smaller than the image but the "
-                            f"first stage's latent is {latent.factor} times smaller; set its factor to {latent.factor}")
+            raise UserError(
+                f"conditioners.{i} ({use.name}) makes maps {factor} times smaller than the image but the "
+                f"first stage's latent is {latent.factor} times smaller; set its factor to {latent.factor}"
+            )
     try:
-        cond = ConditioningShape.combine([c.cls.produces(c.params) for c in conditioners], [c.name for c in conditioners])
+        cond = ConditioningShape.combine(
+            [c.cls.produces(c.params) for c in conditioners], [c.name for c in conditioners]
+        )
     except ValueError as exc:
         raise UserError(f"conditioners: {exc}") from None
     concat = cond.concat or 0
     wanted = {
-        "in_channels": (latent.channels + concat,
-                        f"{latent.channels} latent channels" + (f" + {concat} concat channels" if concat else "")),
+        "in_channels": (
+            latent.channels + concat,
+            f"{latent.channels} latent channels" + (f" + {concat} concat channels" if concat else ""),
+        ),
         "out_channels": (latent.channels, f"{latent.channels} latent channels"),
-        "context_dim": (cond.context, "the conditioners' context width" if cond.context else "no conditioner gives a context"),
-        "vector_dim": (cond.vector, "the conditioners' vector width" if cond.vector else "no conditioner gives a vector"),
+        "context_dim": (
+            cond.context,
+            "the conditioners' context width" if cond.context else "no conditioner gives a context",
+        ),
+        "vector_dim": (
+            cond.vector,
+            "the conditioners' vector width" if cond.vector else "no conditioner gives a vector",
+        ),
     }
     params = spec.params.model_dump()
-    problems = [f"denoiser.params.{key} is {params[key]} but {why} make {value}"
-                for key, (value, why) in wanted.items() if params.get(key) is not None and params[key] != value]
+    problems = [
+        f"denoiser.params.{key} is {params[key]} but {why} make {value}"
+        for key, (value, why) in wanted.items()
+        if params.get(key) is not None and params[key] != value
+    ]
     if problems:
         raise UserError("; ".join(problems) + "; leave these out of the spec and they are filled in")
     params.update({key: value for key, (value, _) in wanted.items() if key in params})
@@ -123,7 +162,8 @@ def check_image_size(example: ExampleShape, latent: LatentShape, downsamplings: 
     raise UserError(
         f"data ({data_name}) gives {example.image_size[0]}x{example.image_size[1]} images, which the first stage "
         f"(f={latent.factor}) and the denoiser ({downsamplings} downsamplings) cannot take: sides must be multiples "
-        f"of {step}; use size {' or '.join(map(str, sizes))}")
+        f"of {step}; use size {' or '.join(map(str, sizes))}"
+    )
 
 
 class LatentDiffusion(nn.Module):
@@ -175,8 +215,10 @@ class LatentDiffusion(nn.Module):
         """(condition, unconditional half) for classifier-free guidance: each conditioner's
         "no condition" output, concat conditions kept unless trained with ``drop_concat``."""
         outputs = self._outputs(batch)
-        nulls = [unconditional_half(cond, module.unconditional(cond), keep_concat=not use.drop_concat)
-                 for module, use, cond in zip(self.conditioners, self.uses, outputs, strict=True)]
+        nulls = [
+            unconditional_half(cond, module.unconditional(cond), keep_concat=not use.drop_concat)
+            for module, use, cond in zip(self.conditioners, self.uses, outputs, strict=True)
+        ]
         return Conditioning.combine(outputs), Conditioning.combine(nulls)
 
     @torch.no_grad()
@@ -195,7 +237,8 @@ class LatentDiffusion(nn.Module):
                 if latent_size is not None and size is not None and size != latent_size:
                     raise UserError(
                         f"{field}.{key}: {use.name} turns it into {size[0]}x{size[1]} maps but the latents are "
-                        f"{latent_size[0]}x{latent_size[1]}; make its factors agree with the data's (e.g. lowres_factor)")
+                        f"{latent_size[0]}x{latent_size[1]}; make its factors agree with the data's (e.g. lowres_factor)"
+                    )
         finally:
             for module, mode in zip(self.conditioners, modes, strict=True):
                 module.train(mode)
@@ -207,8 +250,15 @@ class LatentDiffusion(nn.Module):
 
 
 @torch.no_grad()
-def generate(ldm: LatentDiffusion, schedule: NoiseSchedule, sampling: SamplingSpec, conditions: dict[str, Any],
-             noise: Tensor, generator: Generators = None, progress: Callable[[], None] | None = None) -> Tensor:
+def generate(
+    ldm: LatentDiffusion,
+    schedule: NoiseSchedule,
+    sampling: SamplingSpec,
+    conditions: dict[str, Any],
+    noise: Tensor,
+    generator: Generators = None,
+    progress: Callable[[], None] | None = None,
+) -> Tensor:
     """Normalised latents (B, c, h, w) sampled from standard-normal ``noise`` of that shape.
 
     ``conditions`` holds the example fields the conditioners read, batched (B); guidance,

@@ -33,7 +33,9 @@ class Override:
         key, sep, raw = text.partition("=")
         path = tuple(key.strip().split("."))
         if not sep or not all(path):
-            raise UserError(f"--set {text!r} is not KEY=VALUE; write e.g. --set train.max_steps=100 or --set name=my-run")
+            raise UserError(
+                f"--set {text!r} is not KEY=VALUE; write e.g. --set train.max_steps=100 or --set name=my-run"
+            )
         try:
             parsed = json.loads(raw)
         except json.JSONDecodeError:
@@ -86,8 +88,11 @@ def resolve(data: dict[str, Any], texts: Sequence[str], validate: Callable[[dict
         return attempt()
     except SpecError as err:
         bad = [tuple(str(part) for part in loc) for loc, _ in err.problems]
-        retry = [i for i, o in enumerate(overrides)
-                 if not isinstance(o.parsed, str) and any(loc[:len(o.path)] == o.path for loc in bad)]
+        retry = [
+            i
+            for i, o in enumerate(overrides)
+            if not isinstance(o.parsed, str) and any(loc[: len(o.path)] == o.path for loc in bad)
+        ]
         if not retry:
             raise
         for i in retry:

@@ -43,7 +43,8 @@ class PipelineSpec(TaskSpec):
 
     task: Literal["pipeline"]
     stages: list[Annotated[dict[str, Any], AfterValidator(_valid_stage)]] = Field(
-        min_length=1, description="Task specs, run in this order.")
+        min_length=1, description="Task specs, run in this order."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -51,8 +52,10 @@ class PipelineSpec(TaskSpec):
         if isinstance(data, dict) and isinstance(data.get("stages"), list):
             # The pipeline's defaults too, so that a resolved spec validates to itself.
             shared = {key: data[key] if key in data else _default(cls, key) for key in ("runtime", "seed")}
-            data = {**data, "stages": [{**shared, **stage} if isinstance(stage, dict) else stage
-                                       for stage in data["stages"]]}
+            data = {
+                **data,
+                "stages": [{**shared, **stage} if isinstance(stage, dict) else stage for stage in data["stages"]],
+            }
         return data
 
     @field_validator("stages")
@@ -61,16 +64,19 @@ class PipelineSpec(TaskSpec):
         names = [stage.get("name") for stage in stages]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"stage names must differ, but {', '.join(map(repr, repeated))} is used twice; "
-                             "give each stage its own name")
+            raise ValueError(
+                f"stage names must differ, but {', '.join(map(repr, repeated))} is used twice; "
+                "give each stage its own name"
+            )
         return stages
 
     def stage_specs(self, registry: Any) -> list[TaskSpec]:
         """Each stage validated as its task's spec."""
         from tasks.catalog import spec_models
 
-        return [spec_models()[stage["task"]].model_validate(stage, context={"registry": registry})
-                for stage in self.stages]
+        return [
+            spec_models()[stage["task"]].model_validate(stage, context={"registry": registry}) for stage in self.stages
+        ]
 
 
 def finished(spec: TaskSpec, ctx: RunContext) -> bool | None:
@@ -101,8 +107,10 @@ def run(spec: PipelineSpec, ctx: RunContext) -> None:
         earlier = {s.name for s in stages[:index]}
         for field, name in _runs_read(stage):
             if name not in earlier and not (ctx.runs_dir / name / "spec.json").is_file():
-                raise UserError(f"stages.{index}.{field}: {name!r} is neither an earlier stage nor a run in "
-                                f"{str(ctx.runs_dir)!r}; name an earlier stage or train that run first")
+                raise UserError(
+                    f"stages.{index}.{field}: {name!r} is neither an earlier stage nor a run in "
+                    f"{str(ctx.runs_dir)!r}; name an earlier stage or train that run first"
+                )
     for index, stage in enumerate(stages):
         state = finished(stage, ctx)
         if state:

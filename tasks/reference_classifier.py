@@ -35,8 +35,14 @@ class Classifier(nn.Module):
         layers: list[nn.Module] = []
         widths = [channels, width, 2 * width, 4 * width]
         for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                       nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+            ]
             if i < 2:
                 layers.append(nn.AvgPool2d(2))
         self.body = nn.Sequential(*layers)
@@ -74,8 +80,10 @@ class ReferenceClassifier:
 def split_of(data: DatasetSpec, split: str) -> Dataset:
     """``data`` built with its ``split`` param set to ``split``."""
     if "split" not in type(data.params).model_fields:
-        raise UserError(f"data: {data.name} has no train / val split, which the reference classifier needs; "
-                        "use a dataset with a split param")
+        raise UserError(
+            f"data: {data.name} has no train / val split, which the reference classifier needs; "
+            "use a dataset with a split param"
+        )
     return data.cls(data.params.model_copy(update={"split": split}))
 
 
@@ -105,7 +113,7 @@ def _train(images: Tensor, labels: Tensor, classes: int) -> Classifier:
         pick = torch.randint(len(images), (RECIPE["batch_size"],), generator=generator)
         dy, dx = torch.randint(2 * shift + 1, (2,), generator=generator).tolist()
         # Shifted by a few pixels: generated samples are not centred exactly as the data is.
-        x = padded[pick, :, dy:dy + size[0], dx:dx + size[1]]
+        x = padded[pick, :, dy : dy + size[0], dx : dx + size[1]]
         loss = F.cross_entropy(model(x), labels[pick])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,8 +143,14 @@ def reference_classifier(data: DatasetSpec, field: str, runs_dir: Path, out: Any
     judge.val_accuracy = (predicted == stacked(val, field)).double().mean().item()
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(weights, lambda tmp: save_file(model.state_dict(), str(tmp)))
-    info = {"channels": images.shape[1], "classes": classes, "val_accuracy": judge.val_accuracy,
-            "train_examples": len(images), "val_examples": len(val), "data": data.model_dump(mode="json"),
-            "recipe": RECIPE}
+    info = {
+        "channels": images.shape[1],
+        "classes": classes,
+        "val_accuracy": judge.val_accuracy,
+        "train_examples": len(images),
+        "val_examples": len(val),
+        "data": data.model_dump(mode="json"),
+        "recipe": RECIPE,
+    }
     atomic_write(info_path, json.dumps(info, indent=2).encode())
     return judge

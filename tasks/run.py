@@ -38,17 +38,34 @@ def _parser() -> argparse.ArgumentParser:
         "to load only the built-in components.",
     )
     parser.add_argument("spec", nargs="?", help="path of the task spec (JSON)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field, e.g. --set train.max_steps=100 (VALUE is JSON, else a string); repeatable")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate and print the resolved spec with every default filled in; build nothing")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run named in the spec from its latest checkpoint")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                        help="where run directories live (default: ./runs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set train.max_steps=100 (VALUE is JSON, else a string); repeatable",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the resolved spec with every default filled in; build nothing",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run named in the spec from its latest checkpoint"
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        metavar="DIR",
+        help="where run directories live (default: ./runs)",
+    )
     parser.add_argument("--list", action="store_true", help="list every installed component by kind and exit")
-    parser.add_argument("--schema", action="store_true",
-                        help="print the JSON schema of task specs, with every installed component's params, and exit")
+    parser.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON schema of task specs, with every installed component's params, and exit",
+    )
     return parser
 
 
@@ -104,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except OSError as exc:  # a full disk, an unwritable folder: the files written before stay intact
         where = f" {exc.filename}" if exc.filename else ""
-        _say("failed", f"cannot write or read{where}: {exc.strerror or exc}; free disk space or make the runs "
-                       "directory writable, then run again with --resume (earlier checkpoints are intact)")
+        _say(
+            "failed",
+            f"cannot write or read{where}: {exc.strerror or exc}; free disk space or make the runs "
+            "directory writable, then run again with --resume (earlier checkpoints are intact)",
+        )
         return EXIT_FAILED
     return EXIT_OK
 

@@ -37,14 +37,18 @@ def run_spec(ref: RunRef, ctx: RunContext, field: str) -> TaskSpec:
 
     run = ctx.runs_dir / ref.run
     if not (run / "spec.json").is_file():
-        raise UserError(f"{field}.run: {ref.run!r} is not a run in {str(ctx.runs_dir)!r} (no spec.json); "
-                        "train it first, or give --runs-dir where it lives")
+        raise UserError(
+            f"{field}.run: {ref.run!r} is not a run in {str(ctx.runs_dir)!r} (no spec.json); "
+            "train it first, or give --runs-dir where it lives"
+        )
     try:
-        return validate_task(json.loads((run / "spec.json").read_text()), spec_models(), ctx.registry,
-                             source=str(run / "spec.json"))
+        return validate_task(
+            json.loads((run / "spec.json").read_text()), spec_models(), ctx.registry, source=str(run / "spec.json")
+        )
     except SpecError as exc:
-        raise UserError(f"{field}.run: the spec of {ref.run!r} no longer validates with the installed "
-                        f"components ({exc})") from None
+        raise UserError(
+            f"{field}.run: the spec of {ref.run!r} no longer validates with the installed components ({exc})"
+        ) from None
 
 
 def load_trained(ref: RunRef, ctx: RunContext, model: str, field: str) -> Trained:
@@ -61,5 +65,7 @@ def load_trained(ref: RunRef, ctx: RunContext, model: str, field: str) -> Traine
     module = component.build()
     load_weights(module, read_weights(checkpoint, model, ref.weights), f"{checkpoint} ({model})")
     with safe_open(str(checkpoint), "pt") as handle:
-        extra = {key.removeprefix("extra/"): handle.get_tensor(key) for key in handle.keys() if key.startswith("extra/")}
+        extra = {
+            key.removeprefix("extra/"): handle.get_tensor(key) for key in handle.keys() if key.startswith("extra/")
+        }
     return Trained(component, module.eval().requires_grad_(False), checkpoint, extra)

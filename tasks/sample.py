@@ -32,20 +32,25 @@ class SampleSpec(TaskSpec):
 
     task: Literal["sample"]
     model: RunRef = Field(description='The train_ldm run, e.g. {"run": "digits-ldm"} (EMA weights by default).')
-    conditions: dict[str, list[Any]] = Field({}, description=(
-        'One list per field the conditioners read, one entry per image, e.g. {"label": [0, 1, 2]}.'))
+    conditions: dict[str, list[Any]] = Field(
+        {}, description=('One list per field the conditioners read, one entry per image, e.g. {"label": [0, 1, 2]}.')
+    )
     repeat: PositiveInt = Field(1, description="Images per condition entry (the grid puts each entry's on one row).")
     num_images: PositiveInt | None = Field(None, description="How many images, for an unconditional model.")
-    data_indices: list[NonNegativeInt] | None = Field(None, min_length=1, description=(
-        "Take the conditions from these examples of `data` (maps, low-res images, labels, captions)."))
+    data_indices: list[NonNegativeInt] | None = Field(
+        None,
+        min_length=1,
+        description=("Take the conditions from these examples of `data` (maps, low-res images, labels, captions)."),
+    )
     sampling: SamplingSpec = Field(default_factory=dict, validate_default=True)
     batch_size: PositiveInt = 16
 
     @model_validator(mode="after")
     def _one_source_of_conditions(self) -> SampleSpec:
         if (self.data is None) != (self.data_indices is None):
-            raise ValueError("data and data_indices go together: give both to take the conditions from examples, "
-                             "or neither")
+            raise ValueError(
+                "data and data_indices go together: give both to take the conditions from examples, or neither"
+            )
         if self.data_indices is not None and self.conditions:
             raise ValueError("give the conditions either in conditions or through data and data_indices, not both")
         return self
@@ -57,17 +62,30 @@ def conditions_from_data(spec: SampleSpec, fields: list[str]) -> tuple[dict[str,
     dataset = spec.data.build()
     outside = [i for i in spec.data_indices if i >= len(dataset)]
     if outside:
-        raise UserError(f"data_indices: {outside} are outside data ({spec.data.name}), which has {len(dataset)} "
-                        f"examples; use 0 to {len(dataset) - 1}")
+        raise UserError(
+            f"data_indices: {outside} are outside data ({spec.data.name}), which has {len(dataset)} "
+            f"examples; use 0 to {len(dataset) - 1}"
+        )
     missing = sorted(set(fields) - spec.data.cls.example_shape(spec.data.params).fields)
     if missing:
-        raise UserError(f"data: {spec.data.name} does not give {missing}, which the model's conditioners read; "
-                        "choose data that does (e.g. set lowres_factor for low-res images)")
+        raise UserError(
+            f"data: {spec.data.name} does not give {missing}, which the model's conditioners read; "
+            "choose data that does (e.g. set lowres_factor for low-res images)"
+        )
     examples = [dataset[i] for i in spec.data_indices]
     conditions = {field: [example[field] for example in examples] for field in fields}
-    described = [{"data_index": i, **{field: example[field] if isinstance(example[field], (int, float, str))
-                                      else f"{spec.data.name}[{i}].{field}" for field in fields}}
-                 for i, example in zip(spec.data_indices, examples, strict=True)]
+    described = [
+        {
+            "data_index": i,
+            **{
+                field: example[field]
+                if isinstance(example[field], (int, float, str))
+                else f"{spec.data.name}[{i}].{field}"
+                for field in fields
+            },
+        }
+        for i, example in zip(spec.data_indices, examples, strict=True)
+    ]
     return conditions, described
 
 
@@ -81,7 +99,9 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
         given, described = conditions_from_data(spec, sorted({m.reads(m.params) for m in pipe.ldm.conditioners}))
     else:
         given = spec.conditions
-        described = [{key: values[i] for key, values in given.items()} for i in range(len(next(iter(given.values()), [])))]
+        described = [
+            {key: values[i] for key, values in given.items()} for i in range(len(next(iter(given.values()), [])))
+        ]
     conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in given.items()}
     described = [entry for entry in described for _ in range(spec.repeat)]
     count = check_conditions(pipe.ldm, conditions, spec.num_images and spec.num_images * spec.repeat)
@@ -92,8 +112,8 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     with tqdm(total=count, desc=spec.name, unit="image", dynamic_ncols=True) as bar:
         images = []
         for start in range(0, count, spec.batch_size):
-            chunk = {key: values[start:start + spec.batch_size] for key, values in conditions.items()}
-            images.append(pipe.generate(spec.sampling, chunk, seeds[start:start + spec.batch_size], spec.batch_size))
+            chunk = {key: values[start : start + spec.batch_size] for key, values in conditions.items()}
+            images.append(pipe.generate(spec.sampling, chunk, seeds[start : start + spec.batch_size], spec.batch_size))
             bar.update(len(images[-1]))
         images = torch.cat(images)
 
@@ -106,13 +126,25 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
         name = f"images/{i:05d}.png"
         save_png(make_grid(image[None], 1), run_dir.root / name)
-        lines.append(json.dumps({
-            "file": name, "condition": described[i] if described else {},
-            "run": spec.model.run, "checkpoint": pipe.checkpoint.name, "step": pipe.step, "weights": spec.model.weights,
-            "sampler": sampler.name, "sampler_params": sampler.params.model_dump(mode="json"),
-            "eta": getattr(sampler.params, "eta", None), "steps": spec.sampling.steps, "spacing": spacing,
-            "guidance": spec.sampling.guidance, "seed": seed,
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "file": name,
+                    "condition": described[i] if described else {},
+                    "run": spec.model.run,
+                    "checkpoint": pipe.checkpoint.name,
+                    "step": pipe.step,
+                    "weights": spec.model.weights,
+                    "sampler": sampler.name,
+                    "sampler_params": sampler.params.model_dump(mode="json"),
+                    "eta": getattr(sampler.params, "eta", None),
+                    "steps": spec.sampling.steps,
+                    "spacing": spacing,
+                    "guidance": spec.sampling.guidance,
+                    "seed": seed,
+                }
+            )
+        )
     nrow = spec.repeat if conditions and spec.repeat > 1 else math.ceil(math.sqrt(count))
     save_png(make_grid(images, nrow), run_dir.root / "grid.png")
     atomic_write(run_dir.root / "manifest.jsonl", ("\n".join(lines) + "\n").encode())

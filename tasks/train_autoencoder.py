@@ -62,11 +62,13 @@ class TrainAutoencoderSpec(TrainingTaskSpec):
         if latent.image_channels != example.image_channels:
             raise ValueError(
                 f"model takes {latent.image_channels}-channel images but data ({self.data.name}) gives "
-                f"{example.image_channels}-channel ones; set the model's in_channels or the data's channels to match")
+                f"{example.image_channels}-channel ones; set the model's in_channels or the data's channels to match"
+            )
         if example.image_size and any(side % latent.factor for side in example.image_size):
             raise ValueError(
                 f"data ({self.data.name}) gives {example.image_size[0]}x{example.image_size[1]} images, not divisible "
-                f"by the model's downsampling factor f={latent.factor}; use an image size that is a multiple of {latent.factor}")
+                f"by the model's downsampling factor f={latent.factor}; use an image size that is a multiple of {latent.factor}"
+            )
         return self
 
 
@@ -132,8 +134,11 @@ class AutoencoderObjective(Objective):
             self._fakes.append(reconstruction.detach())
             generator = -self.nets["discriminator"](reconstruction).mean()
             last = self.nets["first_stage"].decoder_last_layer()
-            weight = (adaptive_weight(nll, generator, last, adversarial.weight)
-                      if adversarial.adaptive and last is not None else torch.tensor(adversarial.weight))
+            weight = (
+                adaptive_weight(nll, generator, last, adversarial.weight)
+                if adversarial.adaptive and last is not None
+                else torch.tensor(adversarial.weight)
+            )
             total = total + weight * generator
             logs.update(generator=generator, adaptive_weight=weight)
         return total, {k: v.detach() for k, v in logs.items()}
@@ -142,7 +147,6 @@ class AutoencoderObjective(Objective):
         x = batch["image"][:8]
         reconstruction, _ = self.nets["first_stage"](x)
         return {"reconstructions": torch.cat([x, reconstruction])}
-
 
     def finish(self, fabric: Fabric, models: dict[str, nn.Module], run_dir: Path) -> dict[str, Tensor]:
         """Latent statistics over the training set (stored with the weights) and validation
@@ -156,8 +160,12 @@ class AutoencoderObjective(Objective):
             held_out = data.cls(data.params.model_copy(update={"split": "val"}))
         else:
             held_out, split = self.dataset, "train"
-        report: dict[str, Any] = {"split": split, **judges.reconstruction(fabric, model, held_out, batch),
-                                  "latent_mean": mean.tolist(), "latent_std": std.tolist()}
+        report: dict[str, Any] = {
+            "split": split,
+            **judges.reconstruction(fabric, model, held_out, batch),
+            "latent_mean": mean.tolist(),
+            "latent_std": std.tolist(),
+        }
         if fabric.is_global_zero:
             atomic_write(run_dir / "validation.json", json.dumps(report, indent=2).encode())
         return {"latent_mean": mean, "latent_std": std}

@@ -41,10 +41,14 @@ class TrainLdmSpec(TrainingTaskSpec):
 
     task: Literal["train_ldm"]
     first_stage: RunRef = Field(description='The run that trained the first stage, e.g. {"run": "digits-autoencoder"}.')
-    denoiser: DenoiserSpec = Field(description='The network, e.g. {"name": "unet", "params": {...}}; its sizes are filled in.')
+    denoiser: DenoiserSpec = Field(
+        description='The network, e.g. {"name": "unet", "params": {...}}; its sizes are filled in.'
+    )
     conditioners: list[ConditionerUse] = Field([], description="tau_theta: each reads one field of the examples.")
     diffusion: DiffusionSpec = DiffusionSpec()
-    sampling: SamplingSpec = Field(default_factory=dict, validate_default=True, description="How the logged sample grids are drawn.")
+    sampling: SamplingSpec = Field(
+        default_factory=dict, validate_default=True, description="How the logged sample grids are drawn."
+    )
     latent_cache: bool = Field(True, description="Encode the dataset once and reuse it (else encode every step).")
 
     @property
@@ -64,18 +68,23 @@ class TrainLdmSpec(TrainingTaskSpec):
             if needed not in fields:
                 raise ValueError(
                     f"conditioners.{i} ({use.name}) reads the field {needed!r}, which data ({self.data.name}) does not "
-                    f"give (it gives {', '.join(sorted(fields))}); choose a dataset with {needed!r} or another conditioner")
+                    f"give (it gives {', '.join(sorted(fields))}); choose a dataset with {needed!r} or another conditioner"
+                )
         if self.sampling.steps > self.diffusion.timesteps:
-            raise ValueError(f"sampling.steps {self.sampling.steps} is more than the schedule's "
-                             f"{self.diffusion.timesteps} timesteps; use at most {self.diffusion.timesteps}")
+            raise ValueError(
+                f"sampling.steps {self.sampling.steps} is more than the schedule's "
+                f"{self.diffusion.timesteps} timesteps; use at most {self.diffusion.timesteps}"
+            )
         return self
 
 
 def latent_statistics_of(trained: Trained, field: str, ref: RunRef) -> tuple[Tensor, Tensor]:
     """The per-channel (mean, std) a first stage's run stored with its weights."""
     if "latent_mean" not in trained.extra or "latent_std" not in trained.extra:
-        raise UserError(f"{field}.run: {ref.run!r} stored no latent statistics with its last checkpoint "
-                        "(it stopped before max_steps?); finish its training or resume it")
+        raise UserError(
+            f"{field}.run: {ref.run!r} stored no latent statistics with its last checkpoint "
+            "(it stopped before max_steps?); finish its training or resume it"
+        )
     return trained.extra["latent_mean"], trained.extra["latent_std"].clamp_min(1e-6)
 
 
@@ -96,8 +105,9 @@ class LdmObjective(Objective):
                 try:
                     module.fit([dataset[j][field] for j in range(len(dataset))])
                 except ValueError as exc:
-                    raise UserError(f"conditioners.{i} ({use.name}) cannot learn from data ({spec.data.name}): "
-                                    f"{exc}") from None
+                    raise UserError(
+                        f"conditioners.{i} ({use.name}) cannot learn from data ({spec.data.name}): {exc}"
+                    ) from None
         self._check_data(first_stage)
 
     def _check_data(self, first_stage: Trained) -> None:
@@ -124,8 +134,9 @@ class LdmObjective(Objective):
         if not self.spec.latent_cache:
             return dataset
         fields = sorted({use.cls.reads(use.params) for use in self.spec.conditioners})
-        folder, reused = build_cache(fabric, self.first_stage, dataset, self.spec.data.model_dump(mode="json"),
-                                     fields, self.ctx.runs_dir)
+        folder, reused = build_cache(
+            fabric, self.first_stage, dataset, self.spec.data.model_dump(mode="json"), fields, self.ctx.runs_dir
+        )
         if fabric.is_global_zero:
             print(f"latent cache {'reused' if reused else 'written'}: {folder}", file=self.ctx.out)
         return CachedLatents(folder, fields)
@@ -140,8 +151,9 @@ class LdmObjective(Objective):
         d = self.spec.diffusion
         z0 = self.latents(batch)
         ldm = self.nets["ldm"]
-        t = sample_timesteps(d.timestep_sampling, len(z0), d.timesteps, mean=d.logit_mean, std=d.logit_std,
-                             device=z0.device)
+        t = sample_timesteps(
+            d.timestep_sampling, len(z0), d.timesteps, mean=d.logit_mean, std=d.logit_std, device=z0.device
+        )
         noise = offset_noise(tuple(z0.shape), d.offset_noise, device=z0.device, dtype=z0.dtype)
         x_t = self.schedule.q_sample(z0, t, noise)
         drop = ldm.drop_mask(len(z0), z0.device) if ldm.conditioners else None
@@ -171,8 +183,10 @@ def prepare(spec: TrainLdmSpec, ctx: RunContext) -> tuple[TrainLdmSpec, Trained]
     latent = first_stage.spec.cls.latent_shape(first_stage.spec.params)
     example = spec.data.cls.example_shape(spec.data.params)
     if example.image_channels != latent.image_channels:
-        raise UserError(f"data ({spec.data.name}) gives {example.image_channels}-channel images but the first stage of "
-                        f"{spec.first_stage.run!r} takes {latent.image_channels}-channel ones; use matching data")
+        raise UserError(
+            f"data ({spec.data.name}) gives {example.image_channels}-channel images but the first stage of "
+            f"{spec.first_stage.run!r} takes {latent.image_channels}-channel ones; use matching data"
+        )
     denoiser = fill_denoiser(spec.denoiser, latent, spec.conditioners, {"registry": ctx.registry})
     check_image_size(example, latent, denoiser.cls.downsamplings(denoiser.params), spec.data.name)
     latent_statistics_of(first_stage, "first_stage", spec.first_stage)

@@ -45,11 +45,26 @@ def plugin_site(tmp_path_factory):
     """
     work = tmp_path_factory.mktemp("plugin-sources")
     site = tmp_path_factory.mktemp("plugin-site")
-    sources = [shutil.copytree(EXAMPLE_PLUGINS / name, work / name) for name in ("ldm-plugin-example", "ldm-plugin-broken")]
+    sources = [
+        shutil.copytree(EXAMPLE_PLUGINS / name, work / name) for name in ("ldm-plugin-example", "ldm-plugin-broken")
+    ]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--target", str(site), *map(str, sources)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            *map(str, sources),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return site
 
@@ -63,8 +78,14 @@ def run_cli(tmp_path):
         if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
             # Added in front, not instead: this package may itself be installed on PYTHONPATH.
             merged["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
-        proc = subprocess.run([sys.executable, "-m", "tasks.run", *map(str, argv)],
-                              cwd=tmp_path, env=merged, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.run", *map(str, argv)],
+            cwd=tmp_path,
+            env=merged,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return proc.returncode, proc.stdout, proc.stderr
 
     return run
@@ -76,11 +97,26 @@ TINY_AE = {
     "seed": 0,
     "runtime": {"accelerator": "cpu"},
     "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
-    "model": {"name": "autoencoder", "params": {
-        "in_channels": 1, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 2, "norm_groups": 4,
-        "regularizer": {"name": "kl"}}},
-    "train": {"max_steps": 6, "batch_size": 8, "log_every": 1, "checkpoint_every": 3, "keep_checkpoints": 2,
-              "optimizer": {"lr": 0.001, "warmup_steps": 2}},
+    "model": {
+        "name": "autoencoder",
+        "params": {
+            "in_channels": 1,
+            "ch": 8,
+            "ch_mult": [1, 2],
+            "num_res_blocks": 1,
+            "z_channels": 2,
+            "norm_groups": 4,
+            "regularizer": {"name": "kl"},
+        },
+    },
+    "train": {
+        "max_steps": 6,
+        "batch_size": 8,
+        "log_every": 1,
+        "checkpoint_every": 3,
+        "keep_checkpoints": 2,
+        "optimizer": {"lr": 0.001, "warmup_steps": 2},
+    },
 }
 
 

@@ -47,18 +47,23 @@ def test_keeping_freed_memory_stops_the_page_faults_of_reallocated_tensors():
     assert kept < default / 10
 
 
-@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "1000000"), ("LDM_KEEP_FREED_MEMORY", "0"),
-                                         ("LDM_KEEP_FREED_MEMORY", "Off")])
+@pytest.mark.parametrize(
+    "name, value",
+    [("MALLOC_TRIM_THRESHOLD_", "1000000"), ("LDM_KEEP_FREED_MEMORY", "0"), ("LDM_KEEP_FREED_MEMORY", "Off")],
+)
 def test_the_users_own_thresholds_or_opt_out_leave_the_allocator_alone(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     assert keep_freed_memory() is False
 
 
-def test_an_opt_out_value_that_is_neither_yes_nor_no_is_one_clear_error_before_anything_runs(cli, ae_spec, tmp_path,
-                                                                                           monkeypatch):
+def test_an_opt_out_value_that_is_neither_yes_nor_no_is_one_clear_error_before_anything_runs(
+    cli, ae_spec, tmp_path, monkeypatch
+):
     monkeypatch.setenv("LDM_KEEP_FREED_MEMORY", "sometimes")
     code, out, err = cli(ae_spec)
     assert code == 2
-    assert err.strip() == ("error: LDM_KEEP_FREED_MEMORY='sometimes' is not understood; set it to 1 (keep freed "
-                           "memory, the default) or 0 (leave the C library's defaults)")
+    assert err.strip() == (
+        "error: LDM_KEEP_FREED_MEMORY='sometimes' is not understood; set it to 1 (keep freed "
+        "memory, the default) or 0 (leave the C library's defaults)"
+    )
     assert not (tmp_path / "runs").exists()

@@ -23,7 +23,9 @@ def test_psnr_and_ssim_on_known_cases():
 
 
 def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metrics(cli, ae_spec, tmp_path):
-    code, _, err = cli(ae_spec, "--set", "model.params.regularizer.params.sample=false", "--set", "data.params.split=train")
+    code, _, err = cli(
+        ae_spec, "--set", "model.params.regularizer.params.sample=false", "--set", "data.params.split=train"
+    )
     assert code == 0, err
     run = tmp_path / "runs" / "ae"
     report = json.loads((run / "validation.json").read_text())
@@ -46,8 +48,17 @@ def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metric
     assert report["latent_std"] == pytest.approx(state.extra["latent_std"].tolist(), abs=1e-6)
 
     stats_spec = tmp_path / "stats.json"
-    stats_spec.write_text(json.dumps({"task": "latent_stats", "name": "stats", "first_stage": {"run": "ae"},
-                                      "data": spec.data.model_dump(mode="json"), "batch_size": 50}))
+    stats_spec.write_text(
+        json.dumps(
+            {
+                "task": "latent_stats",
+                "name": "stats",
+                "first_stage": {"run": "ae"},
+                "data": spec.data.model_dump(mode="json"),
+                "batch_size": 50,
+            }
+        )
+    )
     code, out, err = cli(stats_spec)
     assert code == 0, err
     stats = load_file(str(tmp_path / "runs" / "stats" / "latent_stats.safetensors"))
@@ -60,11 +71,18 @@ def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metric
 
 
 def test_vq_reports_codebook_usage_and_perplexity(cli, ae_spec, tmp_path):
-    code, _, err = cli(ae_spec, "--set", 'model.params.regularizer={"name": "vq", "params": {"codebook_size": 16}}',
-                       "--set", 'loss.adversarial={"start": 3, "channels": 8, "layers": 1}')
+    code, _, err = cli(
+        ae_spec,
+        "--set",
+        'model.params.regularizer={"name": "vq", "params": {"codebook_size": 16}}',
+        "--set",
+        'loss.adversarial={"start": 3, "channels": 8, "layers": 1}',
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "runs" / "ae" / "validation.json").read_text())
     assert 0 < report["codebook_usage"] <= 1 and 1 <= report["codebook_perplexity"] <= 16
     lines = [json.loads(line) for line in (tmp_path / "runs" / "ae" / "metrics.jsonl").read_text().splitlines()]
-    assert "loss/discriminator" not in lines[2] and "loss/discriminator" in lines[3], "the discriminator starts at step 3"
+    assert "loss/discriminator" not in lines[2] and "loss/discriminator" in lines[3], (
+        "the discriminator starts at step 3"
+    )
     assert lines[3]["loss/first_stage/adaptive_weight"] > 0

@@ -41,8 +41,14 @@ def test_images_with_one_or_four_channels_where_three_are_expected(cli, tmp_path
 
 def test_an_empty_folder_and_a_corrupt_file(cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    refused(cli, tmp_path, ae_on({"name": "image_folder", "params": {"root": str(tmp_path / "empty"), "size": 8, "channels": 1}}),
-            "data.params: root", "holds no image files", "check the path")
+    refused(
+        cli,
+        tmp_path,
+        ae_on({"name": "image_folder", "params": {"root": str(tmp_path / "empty"), "size": 8, "channels": 1}}),
+        "data.params: root",
+        "holds no image files",
+        "check the path",
+    )
     root, _ = folder(tmp_path, mode="L")
     broken = root / "cat" / "0.png"
     broken.write_bytes(broken.read_bytes()[:40])
@@ -60,7 +66,9 @@ def test_a_conditioner_reading_a_field_the_data_does_not_give(cli, tmp_path):
     (tmp_path / "ae.json").write_text(json.dumps(TINY_AE))
     assert cli(tmp_path / "ae.json")[0] == 0
     code, _, err = cli(write(tmp_path, {**LDM, "conditioners": [text]}))
-    assert code == 2 and "conditioners.0 (text_bert) reads the field 'caption', which data (digits) does not give" in err
+    assert (
+        code == 2 and "conditioners.0 (text_bert) reads the field 'caption', which data (digits) does not give" in err
+    )
     assert "choose a dataset with 'caption' or another conditioner" in err
     assert not (tmp_path / "runs" / "ldm").exists()
 
@@ -71,11 +79,14 @@ def write(tmp_path, spec):
     return path
 
 
-@pytest.mark.parametrize("key, value, pieces", [
-    ("max_step", 3, ["train: unknown key 'max_step'", "did you mean 'max_steps'?"]),
-    ("max_steps", 0, ["train.max_steps", "got 0", "use a value > 0"]),
-    ("batch_size", "eight", ["train.batch_size", "'eight'"]),
-])
+@pytest.mark.parametrize(
+    "key, value, pieces",
+    [
+        ("max_step", 3, ["train: unknown key 'max_step'", "did you mean 'max_steps'?"]),
+        ("max_steps", 0, ["train.max_steps", "got 0", "use a value > 0"]),
+        ("batch_size", "eight", ["train.batch_size", "'eight'"]),
+    ],
+)
 def test_misspelled_or_out_of_range_keys(cli, tmp_path, key, value, pieces):
     spec = copy.deepcopy(TINY_AE)
     spec["train"][key] = value
@@ -84,8 +95,14 @@ def test_misspelled_or_out_of_range_keys(cli, tmp_path, key, value, pieces):
 
 def test_logit_normal_settings_without_logit_normal_sampling(cli, tmp_path):
     spec = {**LDM, "diffusion": {"logit_mean": 0.5}}
-    refused(cli, tmp_path, spec, "diffusion", "logit_mean applies only to timestep_sampling 'logit_normal', not 'uniform'",
-            "set timestep_sampling to 'logit_normal' or remove it")
+    refused(
+        cli,
+        tmp_path,
+        spec,
+        "diffusion",
+        "logit_mean applies only to timestep_sampling 'logit_normal', not 'uniform'",
+        "set timestep_sampling to 'logit_normal' or remove it",
+    )
     # A run's stored spec names every field at its default; it must still load.
     assert DiffusionSpec.model_validate(DiffusionSpec().model_dump()).timestep_sampling == "uniform"
 
@@ -102,5 +119,11 @@ def test_a_bert_folder_whose_weights_do_not_fit_its_config(cli, tmp_path):
     folder = write_bert(tmp_path / "bert")
     (folder / "config.json").write_text(json.dumps({**CONFIG, "num_hidden_layers": 3}))
     use = {"name": "frozen_text_encoder", "params": {"path": str(folder), "max_length": 10}}
-    refused(cli, tmp_path, {**LDM, "conditioners": [use]}, "conditioners.0.params.path",
-            "model.safetensors does not fit its config.json (missing: encoder.layer.2", "give the folder that holds both files")
+    refused(
+        cli,
+        tmp_path,
+        {**LDM, "conditioners": [use]},
+        "conditioners.0.params.path",
+        "model.safetensors does not fit its config.json (missing: encoder.layer.2",
+        "give the folder that holds both files",
+    )

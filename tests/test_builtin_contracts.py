@@ -51,6 +51,7 @@ def test_contract_catches_a_conditioner_that_breaks_its_declaration():
         @classmethod
         def produces(cls, params):
             from core import ConditioningShape
+
             return ConditioningShape(context=params.dim + 1)
 
     class Contract(TestClassLabelContext):
@@ -69,42 +70,77 @@ def test_component_refuses_params_of_another_class():
 
 class TestAutoencoderKL(FirstStageContract):
     component = Autoencoder
-    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
-              "regularizer": {"name": "kl", "params": {"sample": False}}}
+    params = {
+        "in_channels": 3,
+        "ch": 8,
+        "ch_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "z_channels": 3,
+        "norm_groups": 4,
+        "regularizer": {"name": "kl", "params": {"sample": False}},
+    }
 
 
 class TestAutoencoderVQ(FirstStageContract):
     component = Autoencoder
-    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
-              "regularizer": {"name": "vq", "params": {"codebook_size": 16}}}
+    params = {
+        "in_channels": 3,
+        "ch": 8,
+        "ch_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "z_channels": 3,
+        "norm_groups": 4,
+        "regularizer": {"name": "vq", "params": {"codebook_size": 16}},
+    }
 
 
 class TestAutoencoderAttention(FirstStageContract):
     component = Autoencoder
-    params = {"in_channels": 3, "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 3, "norm_groups": 4,
-              "attention_levels": [0, 1], "regularizer": {"name": "kl", "params": {"sample": False}}}
+    params = {
+        "in_channels": 3,
+        "ch": 8,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "z_channels": 3,
+        "norm_groups": 4,
+        "attention_levels": [0, 1],
+        "regularizer": {"name": "kl", "params": {"sample": False}},
+    }
 
     def test_attention_is_where_the_params_say(self):
         model = self.build()
         blocks = sum(type(m).__name__ == "Attention" for m in model.modules())
         assert blocks == 2 * 1 + 2 * 2 + 2, "encoder 1 per level, decoder 2 per level, one in each middle"
-        without = Autoencoder(Autoencoder.Params.model_validate({**self.params, "attention_levels": [], "mid_attention": False},
-                                                               context=self.context()))
+        without = Autoencoder(
+            Autoencoder.Params.model_validate(
+                {**self.params, "attention_levels": [], "mid_attention": False}, context=self.context()
+            )
+        )
         assert not any(type(m).__name__ == "Attention" for m in without.modules())
 
 
 def test_attention_levels_must_exist():
-    with pytest.raises(ValidationError, match=r"attention_levels \[2\] do not exist: ch_mult \[1, 2\] has levels 0 to 1"):
+    with pytest.raises(
+        ValidationError, match=r"attention_levels \[2\] do not exist: ch_mult \[1, 2\] has levels 0 to 1"
+    ):
         TestAutoencoderAttention.component.Params.model_validate(
-            {**TestAutoencoderAttention.params, "attention_levels": [2]}, context=TestAutoencoderAttention().context())
+            {**TestAutoencoderAttention.params, "attention_levels": [2]}, context=TestAutoencoderAttention().context()
+        )
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3, 4])
 def test_encode_decode_shapes_for_f_1_2_4_8(levels):
     class Contract(FirstStageContract):
         component = Autoencoder
-        params = {"in_channels": 3, "ch": 4, "ch_mult": [1] * levels, "num_res_blocks": 1, "z_channels": 2,
-                  "norm_groups": 2, "regularizer": {"name": "kl", "params": {"sample": False}}}
+        params = {
+            "in_channels": 3,
+            "ch": 4,
+            "ch_mult": [1] * levels,
+            "num_res_blocks": 1,
+            "z_channels": 2,
+            "norm_groups": 2,
+            "regularizer": {"name": "kl", "params": {"sample": False}},
+        }
 
     assert Autoencoder.latent_shape(Contract().validated_params()).factor == 2 ** (levels - 1)
     Contract().test_shapes_as_declared()

@@ -59,14 +59,18 @@ def test_schema_is_json_with_component_params(cli):
 def test_user_errors_exit_2_with_one_message_and_no_traceback(cli, tmp_path):
     cases = {
         "missing file": (tmp_path / "nope.json", "does not exist"),
-        "not json": (write(tmp_path, "{\"task\":", "a.json"), "is not valid JSON: Expecting value at line 1"),
+        "not json": (write(tmp_path, '{"task":', "a.json"), "is not valid JSON: Expecting value at line 1"),
         "not an object": (write(tmp_path, "[1, 2]", "b.json"), "holds a JSON list, not an object"),
         "empty": (write(tmp_path, "  ", "c.json"), "is empty"),
         "empty object": (write(tmp_path, "{}", "d.json"), "holds an empty object"),
-        "unknown component": (write(tmp_path, {"task": "inspect", "name": "x", "first_stage": {"name": "identty"}}, "e.json"),
-                              "first_stage.name: unknown first_stage 'identty'; did you mean 'identity'?"),
-        "dotted path": (write(tmp_path, {"task": "inspect", "name": "x", "first_stage": {"name": "os.system"}}, "f.json"),
-                        "unknown first_stage 'os.system'"),
+        "unknown component": (
+            write(tmp_path, {"task": "inspect", "name": "x", "first_stage": {"name": "identty"}}, "e.json"),
+            "first_stage.name: unknown first_stage 'identty'; did you mean 'identity'?",
+        ),
+        "dotted path": (
+            write(tmp_path, {"task": "inspect", "name": "x", "first_stage": {"name": "os.system"}}, "f.json"),
+            "unknown first_stage 'os.system'",
+        ),
     }
     for what, (path, expected) in cases.items():
         code, out, err = cli(path)
@@ -85,9 +89,15 @@ def test_bad_set_and_missing_arguments_exit_2(cli):
 def test_module_and_console_script_run_the_same_command(tmp_path):
     ldm = str(Path(sys.executable).parent / "ldm")
     for command in ([sys.executable, "-m", "tasks.run"], [ldm]):
-        proc = subprocess.run([*command, str(CONFIG), "--set", "conditioners.0.params.dim=foo"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*command, str(CONFIG), "--set", "conditioners.0.params.dim=foo"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == (
             f"error: {CONFIG}: conditioners.0.params.dim: Input should be a valid integer, "
-            "unable to parse string as an integer, got 'foo'")
+            "unable to parse string as an integer, got 'foo'"
+        )

@@ -16,10 +16,19 @@ TEMPLATES = sorted((ROOT / "configs" / "paper").glob("*.json"))
 
 
 def test_there_are_configs():
-    assert {p.name for p in CONFIGS} >= {"inspect.json", "digits_autoencoder.json", "quickstart.json",
-                                         "shapes_semantic.json", "shapes_superres_x4.json"}
-    assert {p.name for p in TEMPLATES} >= {"cin256_v2.json", "semantic_synthesis_256.json", "superres_x4_256.json",
-                                           "txt2img_kl_f8_256.json"}
+    assert {p.name for p in CONFIGS} >= {
+        "inspect.json",
+        "digits_autoencoder.json",
+        "quickstart.json",
+        "shapes_semantic.json",
+        "shapes_superres_x4.json",
+    }
+    assert {p.name for p in TEMPLATES} >= {
+        "cin256_v2.json",
+        "semantic_synthesis_256.json",
+        "superres_x4_256.json",
+        "txt2img_kl_f8_256.json",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -54,8 +63,10 @@ def test_paper_template_validates_once_its_files_exist(path, registry, tmp_path)
     pointed = _pointed_at(raw, tmp_path)
     spec = validate_task(pointed, spec_models(), registry)
     assert spec.runtime.accelerator == "cuda" and spec.runtime.precision == "bf16-mixed"
-    stages = {stage["task"]: validate_task({**stage, "runtime": raw["runtime"]}, spec_models(), registry)
-              for stage in pointed["stages"]}
+    stages = {
+        stage["task"]: validate_task({**stage, "runtime": raw["runtime"]}, spec_models(), registry)
+        for stage in pointed["stages"]
+    }
     assert stages["train_autoencoder"].model.params.ch == 128
     assert stages["train_ldm"].denoiser.params.model_channels >= 128
 
@@ -67,5 +78,10 @@ def test_the_text_to_image_template_has_the_papers_sizes(registry, tmp_path):
     assert ae.model.params.ch_mult == [1, 2, 4, 4] and ae.model.params.z_channels == 4  # KL, f = 8
     assert ae.model.params.regularizer.name == "kl"
     unet, text = ldm.denoiser.params, ldm.conditioners[0].params
-    assert (unet.model_channels, unet.channel_mult, unet.num_heads, unet.attention_levels) == (320, [1, 2, 4, 4], 8, [0, 1, 2])
+    assert (unet.model_channels, unet.channel_mult, unet.num_heads, unet.attention_levels) == (
+        320,
+        [1, 2, 4, 4],
+        8,
+        [0, 1, 2],
+    )
     assert (text.width, text.layers, text.vocab_size) == (1280, 32, 30522)

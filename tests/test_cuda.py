@@ -16,8 +16,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_a_pipeline_trains_and_samples_on_the_gpu_as_on_the_cpu(tmp_path, precision):
-    spec = {"task": "pipeline", "name": "all", "seed": 3, "runtime": {"accelerator": "cuda", "precision": precision},
-            "stages": stages(8)}
+    spec = {
+        "task": "pipeline",
+        "name": "all",
+        "seed": 3,
+        "runtime": {"accelerator": "cuda", "precision": precision},
+        "stages": stages(8),
+    }
     path = tmp_path / "pipeline.json"
     path.write_text(json.dumps(spec))
     assert main([str(path), "--runs-dir", str(tmp_path / "runs")]) == 0

@@ -16,7 +16,11 @@ def test_digits_are_the_bundled_set_resized_with_labels():
     assert example["image"].min() >= -1 and example["image"].max() <= 1
     assert torch.equal(example["image"][0], example["image"][2]), "grey repeated as RGB"
     assert Digits.example_shape(train.params).fields == {"image", "label"}
-    assert test[0]["lowres"].shape == (1, 4, 4) and Digits.example_shape(test.params).fields == {"image", "label", "lowres"}
+    assert test[0]["lowres"].shape == (1, 4, 4) and Digits.example_shape(test.params).fields == {
+        "image",
+        "label",
+        "lowres",
+    }
     assert torch.allclose(test[0]["lowres"][0, 0, 0], test[0]["image"][0, :4, :4].mean())
 
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from core.diffusion import (NoiseSchedule, beta_schedule, diffusion_loss, min_snr_weights, offset_noise,
-                            sample_timesteps)
+from core.diffusion import NoiseSchedule, beta_schedule, diffusion_loss, min_snr_weights, offset_noise, sample_timesteps
 
 
 def test_scaled_linear_is_the_square_of_evenly_spaced_square_roots():
@@ -21,7 +20,9 @@ def test_scaled_linear_is_the_square_of_evenly_spaced_square_roots():
 def test_cosine_schedule_follows_its_alpha_bar():
     schedule = NoiseSchedule(beta_schedule("cosine", 1000))
     t = torch.tensor([0, 499, 998])
-    expected = torch.cos(((t + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    expected = (
+        torch.cos(((t + 1) / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    )
     assert torch.allclose(schedule.alphas_cumprod[t], expected.double(), rtol=1e-6)
     assert schedule.betas.max() <= 0.999
 
@@ -59,28 +60,38 @@ def test_min_snr_weights_and_the_weighted_loss():
     assert min_snr_weights(schedule, t, "v", gamma=5.0)[1].item() == pytest.approx(snr[1].item() / (snr[1].item() + 1))
     output, target = torch.zeros(2, 3), torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
     assert diffusion_loss(output, target).item() == pytest.approx((1 + 4) / 2)
-    assert diffusion_loss(output, target, kind="l1", weights=torch.tensor([1.0, 0.5])).item() == pytest.approx((1 + 1) / 2)
+    assert diffusion_loss(output, target, kind="l1", weights=torch.tensor([1.0, 0.5])).item() == pytest.approx(
+        (1 + 1) / 2
+    )
 
 
 def test_offset_noise_shifts_each_channel_by_a_shared_constant():
     noise = offset_noise((4000, 2, 4, 4), 0.5, torch.Generator().manual_seed(0))
     per_channel = noise.mean((2, 3))
     assert per_channel.var().item() == pytest.approx(0.25 + 1 / 16, rel=0.1)
-    assert torch.equal(offset_noise((2, 2, 4, 4), 0.0, torch.Generator().manual_seed(3)),
-                       torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        offset_noise((2, 2, 4, 4), 0.0, torch.Generator().manual_seed(3)),
+        torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)),
+    )
 
 
 def test_timestep_sampling_uniform_and_logit_normal():
     uniform = sample_timesteps("uniform", 20000, 1000, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(sample_timesteps("uniform", 5, 1000, generator=torch.Generator().manual_seed(1)),
-                       torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(
+        sample_timesteps("uniform", 5, 1000, generator=torch.Generator().manual_seed(1)),
+        torch.randint(0, 1000, (5,), generator=torch.Generator().manual_seed(1)),
+    )
     middle = ((uniform >= 250) & (uniform < 750)).float().mean().item()
     assert middle == pytest.approx(0.5, abs=0.02)
     t = sample_timesteps("logit_normal", 20000, 1000, generator=torch.Generator().manual_seed(0))
     assert t.dtype == torch.int64 and t.min().item() >= 0 and t.max().item() <= 999
     # |u| < logit(3/4) = ln 3 for u ~ N(0, 1): the middle half of the process gets 73% of the draws.
-    assert ((t >= 250) & (t < 750)).float().mean().item() == pytest.approx(math.erf(math.log(3) / math.sqrt(2)), abs=0.02)
-    shifted = sample_timesteps("logit_normal", 20000, 1000, mean=1.0, std=0.5, generator=torch.Generator().manual_seed(0))
+    assert ((t >= 250) & (t < 750)).float().mean().item() == pytest.approx(
+        math.erf(math.log(3) / math.sqrt(2)), abs=0.02
+    )
+    shifted = sample_timesteps(
+        "logit_normal", 20000, 1000, mean=1.0, std=0.5, generator=torch.Generator().manual_seed(0)
+    )
     assert shifted.float().median().item() == pytest.approx(1000 / (1 + math.exp(-1.0)), abs=10)
 
 

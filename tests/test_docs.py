@@ -21,6 +21,9 @@ def test_contributing_blocks_match_the_files_they_name():
 def test_every_test_reliability_md_cites_exists():
     cited = set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)", (ROOT / "RELIABILITY.md").read_text()))
     assert len(cited) >= 30
-    missing = [f"{path}::{name}" for path, name in sorted(cited)
-               if not re.search(rf"^\s*def {name}\(", (ROOT / path).read_text(), flags=re.M)]
+    missing = [
+        f"{path}::{name}"
+        for path, name in sorted(cited)
+        if not re.search(rf"^\s*def {name}\(", (ROOT / path).read_text(), flags=re.M)
+    ]
     assert missing == []

@@ -43,8 +43,7 @@ def run(tmp_path, name, steps, resume=False, build=WithCritic):
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     data = {**TINY_AE, "name": name, "train": {**TINY_AE["train"], "max_steps": steps, "checkpoint_every": 100}}
     spec = validate_task(data, spec_models(), registry)
-    return train(spec, RunContext(registry=registry, runs_dir=tmp_path, resume=resume),
-                 build)
+    return train(spec, RunContext(registry=registry, runs_dir=tmp_path, resume=resume), build)
 
 
 def test_every_model_and_optimiser_is_checkpointed_and_resumed_exactly(tmp_path):

@@ -68,9 +68,16 @@ def test_checkpoint_round_trip_keeps_everything_and_the_newest_k(tmp_path):
     expected = torch.rand(3)
     store = Checkpoints(tmp_path, keep=2)
     for step in (1, 2, 3):
-        store.save(TrainingState(step=step, data_position=2 * step, models={"net": model.state_dict()},
-                                 ema={"net": {**model.state_dict(), "__ema_updates__": torch.tensor(4)}},
-                                 optimizers={"net": optimizer.state_dict()}, rng=[rng]))
+        store.save(
+            TrainingState(
+                step=step,
+                data_position=2 * step,
+                models={"net": model.state_dict()},
+                ema={"net": {**model.state_dict(), "__ema_updates__": torch.tensor(4)}},
+                optimizers={"net": optimizer.state_dict()},
+                rng=[rng],
+            )
+        )
     assert store.steps() == [2, 3] and store.latest() == store.path_for(3)
     state = read_state(store.latest())
     assert (state.step, state.data_position) == (3, 6)
@@ -103,11 +110,17 @@ def test_loading_weights_of_another_configuration_lists_every_mismatch():
     assert "wrong shape: weight (checkpoint (2, 4), model (2, 3))" in message
 
 
-@pytest.mark.parametrize(("runtime", "message"), [
-    ({"precision": "16-mixed", "accelerator": "cpu"}, "runtime.precision: '16-mixed' needs a GPU"),
-    ({"strategy": "fsdp", "accelerator": "cpu"}, "runtime.strategy: 'fsdp' is not supported"),
-    ({"devices": 2, "strategy": "single_device", "accelerator": "cpu"}, "runtime.strategy: 'single_device' runs one process"),
-])
+@pytest.mark.parametrize(
+    ("runtime", "message"),
+    [
+        ({"precision": "16-mixed", "accelerator": "cpu"}, "runtime.precision: '16-mixed' needs a GPU"),
+        ({"strategy": "fsdp", "accelerator": "cpu"}, "runtime.strategy: 'fsdp' is not supported"),
+        (
+            {"devices": 2, "strategy": "single_device", "accelerator": "cpu"},
+            "runtime.strategy: 'single_device' runs one process",
+        ),
+    ],
+)
 def test_runtimes_this_machine_cannot_run_are_refused(runtime, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         resolve_runtime(RuntimeSpec(**runtime))

@@ -31,8 +31,15 @@ def runs(tmp_path_factory):
 
 
 def evaluate(runs, name, **fields):
-    spec = {"task": "evaluate", "name": name, "runtime": {"accelerator": "cpu"}, "model": {"run": "ldm"},
-            "per_class": 4, "num_images": 20, **fields}
+    spec = {
+        "task": "evaluate",
+        "name": name,
+        "runtime": {"accelerator": "cpu"},
+        "model": {"run": "ldm"},
+        "per_class": 4,
+        "num_images": 20,
+        **fields,
+    }
     return run(runs, spec)
 
 
@@ -41,8 +48,12 @@ def test_the_frechet_distance_is_fids_formula():
     a = torch.randn(300, 5, generator=gen, dtype=torch.float64) @ torch.randn(5, 5, generator=gen, dtype=torch.float64)
     b = torch.randn(200, 5, generator=gen, dtype=torch.float64) * 0.5 + 1
     cov_a, cov_b = np.cov(a.numpy().T), np.cov(b.numpy().T)
-    expected = (np.sum((a.numpy().mean(0) - b.numpy().mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b)
-                - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b).real))
+    expected = (
+        np.sum((a.numpy().mean(0) - b.numpy().mean(0)) ** 2)
+        + np.trace(cov_a)
+        + np.trace(cov_b)
+        - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b).real)
+    )
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
     # Fewer samples than dimensions: singular covariances are fine.
@@ -72,8 +83,10 @@ def test_the_class_judge_scores_real_images_as_its_validation_and_wrong_labels_l
 
 
 def test_super_resolution_and_layout_judges_on_known_cases():
-    data = DatasetSpec.model_validate({"name": "shapes", "params": {"size": 16, "num_examples": 40, "lowres_factor": 4}},
-                                      context={"registry": REGISTRY}).build()
+    data = DatasetSpec.model_validate(
+        {"name": "shapes", "params": {"size": 16, "num_examples": 40, "lowres_factor": 4}},
+        context={"registry": REGISTRY},
+    ).build()
     truth, lowres = stacked(data, "image"), stacked(data, "lowres")
     maps = stacked(data, "segmentation")
     exact = judges.super_resolution(truth, truth, lowres)
@@ -120,9 +133,10 @@ def test_bad_evaluations_are_one_sentence_errors(runs, tmp_path, capsys):
 
 
 def test_the_caption_judge_reads_real_shapes_and_refuses_what_they_do_not_show():
-    data = DatasetSpec.model_validate({"name": "shapes", "params": {"size": 32, "num_examples": 300, "split": "val",
-                                                                   "two_object_fraction": 0.8}},
-                                      context={"registry": REGISTRY}).build()
+    data = DatasetSpec.model_validate(
+        {"name": "shapes", "params": {"size": 32, "num_examples": 300, "split": "val", "two_object_fraction": 0.8}},
+        context={"registry": REGISTRY},
+    ).build()
     images, captions = stacked(data, "image"), [data[i]["caption"] for i in range(len(data))]
     found, _ = judges.captions(data, images, images, captions)
     assert found["caption_match"] == found["judge_match_on_real"] == 1.0

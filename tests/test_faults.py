@@ -46,8 +46,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_ends_as_an_unbroken_
     targets = [0, *sorted(chance.sample(range(3, STEPS - 3), 5))]
     reached = []
     for target in targets:
-        proc = subprocess.Popen(command(ae_spec, *next_start(run)), cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            command(ae_spec, *next_start(run)),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if target:
             wait_for_steps(run, target, proc, timeout=300)
             time.sleep(chance.uniform(0.0, 0.2))
@@ -58,13 +63,17 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_ends_as_an_unbroken_
         assert_latest_loads(run)
         latest = run / "checkpoints" / "latest"
         reached.append(int(latest.read_text()[5:13]) if latest.is_file() else 0)
-    finished = subprocess.run(command(ae_spec, *next_start(run)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        command(ae_spec, *next_start(run)), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr
     assert len(set(reached)) >= 4, f"kills at too few moments: checkpoints reached {reached}"
     assert partial_files(run) == [], "resume cleans up partial writes"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1)), "each step logged once, torn lines dropped"
-    whole = subprocess.run(command(ae_spec, "--set", "name=whole"), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        command(ae_spec, "--set", "name=whole"), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert whole.returncode == 0, whole.stderr
     assert_same_tensors(checkpoint(run, STEPS), checkpoint(tmp_path / "runs" / "whole", STEPS), "model/")
 
@@ -91,14 +100,24 @@ sys.exit(main(sys.argv[1:]))
 def test_a_kill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(ae_spec, tmp_path):
     run = tmp_path / "runs" / "ae"
     args = [str(ae_spec), *EVERY_STEP, "--set", "train.keep_checkpoints=2"]
-    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE_A_CHECKPOINT_WRITE, *args], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_INSIDE_A_CHECKPOINT_WRITE, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL
     assert (run / "checkpoints" / "latest").read_text() == "step-00000004.safetensors"
     assert_latest_loads(run)
     assert partial_files(run) == ["checkpoints/.tmp-step-00000005.safetensors." + str(partial_pid(run))]
-    resumed = subprocess.run(command(ae_spec, "--resume", "--set", "train.keep_checkpoints=2"), cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command(ae_spec, "--resume", "--set", "train.keep_checkpoints=2"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert partial_files(run) == []
     assert (run / "checkpoints" / "latest").read_text() == f"step-{STEPS:08d}.safetensors"
@@ -166,8 +185,13 @@ def test_a_start_killed_before_writing_its_spec_can_simply_be_run_again(cli, ae_
 def test_sigint_stops_with_a_checkpoint_that_resume_continues(ae_spec, tmp_path):
     run = tmp_path / "runs" / "ae"
     long = ["--set", "train.max_steps=100000", "--set", "train.checkpoint_every=100000"]
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.run", str(ae_spec), *long], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.run", str(ae_spec), *long],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_steps(run, 3, proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _, err = proc.communicate(timeout=120)
@@ -175,8 +199,13 @@ def test_sigint_stops_with_a_checkpoint_that_resume_continues(ae_spec, tmp_path)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert_latest_loads(run)
     stopped = int((run / "checkpoints" / "latest").read_text()[5:13])
-    resumed = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume",
-                              "--set", f"train.max_steps={stopped + 2}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume", "--set", f"train.max_steps={stopped + 2}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -205,8 +234,10 @@ def test_sigterm_in_a_pipelines_ldm_stage_then_running_it_again_ends_as_an_unbro
     assert unbroken.returncode == 0, unbroken.stderr
     # Weights, EMA, optimiser state and RNG: everything the stopped run saved at the end.
     assert_same_tensors(checkpoint(runs / "ldm", 120), checkpoint(whole / "ldm", 120))
-    logged = [[row["step"] for row in map(json.loads, (r / "ldm" / "metrics.jsonl").read_text().splitlines())]
-              for r in (runs, whole)]
+    logged = [
+        [row["step"] for row in map(json.loads, (r / "ldm" / "metrics.jsonl").read_text().splitlines())]
+        for r in (runs, whole)
+    ]
     assert logged[0] == logged[1] == list(range(1, 121)), "each step logged once"
     grids = [(r / "grid" / "grid.png").read_bytes() for r in (runs, whole)]
     assert grids[0] == grids[1]

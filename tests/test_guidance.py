@@ -26,7 +26,9 @@ class Recorder:
 
 def conditions(batch=3):
     gen = torch.Generator().manual_seed(0)
-    cond = Conditioning(context=torch.randn(batch, 1, 4, generator=gen), concat=torch.randn(batch, 2, 4, 4, generator=gen))
+    cond = Conditioning(
+        context=torch.randn(batch, 1, 4, generator=gen), concat=torch.randn(batch, 2, 4, 4, generator=gen)
+    )
     null = Conditioning(context=torch.zeros(batch, 1, 4), concat=torch.zeros(batch, 2, 4, 4))
     return cond, null
 

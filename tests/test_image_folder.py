@@ -20,7 +20,7 @@ def folder(tmp_path, count=4, mode="RGB", size=(24, 16)):
         Image.fromarray(colour).convert(mode).save(root / cls / f"{i}.png")
         (root / cls / f"{i}.txt").write_text(f"picture {i}\n")
         seg = np.zeros((size[1], size[0]), dtype=np.uint8)
-        seg[:, size[0] // 2:] = i
+        seg[:, size[0] // 2 :] = i
         Image.fromarray(seg).save(maps / cls / f"{i}.png")
     return root, maps
 

@@ -18,17 +18,35 @@ from tasks.api import load
 from tasks.ldm import ConditionerUse, LatentDiffusion
 from tasks.run import main
 
-UNET = {"name": "unet", "params": {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                   "attention_levels": [1], "norm_groups": 4, "num_heads": 2}}
+UNET = {
+    "name": "unet",
+    "params": {
+        "model_channels": 8,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attention_levels": [1],
+        "norm_groups": 4,
+        "num_heads": 2,
+    },
+}
 LDM = {
-    "task": "train_ldm", "name": "ldm", "seed": 0, "runtime": {"accelerator": "cpu"},
+    "task": "train_ldm",
+    "name": "ldm",
+    "seed": 0,
+    "runtime": {"accelerator": "cpu"},
     "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
     "first_stage": {"run": "ae"},
     "denoiser": UNET,
     "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 16}, "drop_rate": 0.2}],
     "sampling": {"sampler": {"name": "dpmpp_2m"}, "steps": 8},
-    "train": {"max_steps": 300, "batch_size": 32, "log_every": 20, "checkpoint_every": 300,
-              "optimizer": {"lr": 0.002, "warmup_steps": 20}, "ema": {"decay": 0.99}},
+    "train": {
+        "max_steps": 300,
+        "batch_size": 32,
+        "log_every": 20,
+        "checkpoint_every": 300,
+        "optimizer": {"lr": 0.002, "warmup_steps": 20},
+        "ema": {"decay": 0.99},
+    },
 }
 
 
@@ -43,15 +61,21 @@ def run(tmp_path, spec, *extra):
 def runs(tmp_path_factory):
     """A runs directory with the tiny autoencoder ("ae") and a class-conditional LDM ("ldm") on it."""
     tmp = tmp_path_factory.mktemp("ldm")
-    ae = {**copy.deepcopy(TINY_AE), "train": {**TINY_AE["train"], "max_steps": 40, "log_every": 10, "checkpoint_every": 40}}
+    ae = {
+        **copy.deepcopy(TINY_AE),
+        "train": {**TINY_AE["train"], "max_steps": 40, "log_every": 10, "checkpoint_every": 40},
+    }
     assert run(tmp, ae) == 0
     assert run(tmp, LDM) == 0
     return tmp
 
 
 def losses(run_dir):
-    return [row["loss/ldm"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss/ldm" in row]
+    return [
+        row["loss/ldm"]
+        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss/ldm" in row
+    ]
 
 
 def test_the_loss_falls_clearly_within_a_few_hundred_steps(runs):
@@ -64,7 +88,12 @@ def test_the_loss_falls_clearly_within_a_few_hundred_steps(runs):
 def test_the_unet_sizes_are_filled_in_and_recorded(runs):
     spec = json.loads((runs / "runs" / "ldm" / "spec.json").read_text())
     params = spec["denoiser"]["params"]
-    assert (params["in_channels"], params["out_channels"], params["context_dim"], params["vector_dim"]) == (2, 2, 16, None)
+    assert (params["in_channels"], params["out_channels"], params["context_dim"], params["vector_dim"]) == (
+        2,
+        2,
+        16,
+        None,
+    )
     stamp = json.loads((runs / "runs" / "ldm" / "environment.json").read_text())["starts"][-1]
     assert any("ae" in read and "step-00000040" in read for read in stamp["reads"]), stamp["reads"]
 
@@ -103,13 +132,30 @@ def test_the_cache_holds_the_first_stages_moments(runs):
     assert np.load(folder / "label.npy").tolist() == [data[i]["label"] for i in range(len(data))], "fields cached too"
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"in_channels": 3}, ["denoiser.params.in_channels is 3 but 2 latent channels make 2", "leave these out of the spec"]),
-    ({"context_dim": 8}, ["denoiser.params.context_dim is 8 but the conditioners' context width make 16",
-                          "leave these out of the spec"]),
-    ({"channel_mult": [1, 2, 2, 2]}, ["data (digits) gives 8x8 images", "(f=2) and the denoiser (3 downsamplings)",
-                                      "sides must be multiples of 16; use size 16"]),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"in_channels": 3},
+            ["denoiser.params.in_channels is 3 but 2 latent channels make 2", "leave these out of the spec"],
+        ),
+        (
+            {"context_dim": 8},
+            [
+                "denoiser.params.context_dim is 8 but the conditioners' context width make 16",
+                "leave these out of the spec",
+            ],
+        ),
+        (
+            {"channel_mult": [1, 2, 2, 2]},
+            [
+                "data (digits) gives 8x8 images",
+                "(f=2) and the denoiser (3 downsamplings)",
+                "sides must be multiples of 16; use size 16",
+            ],
+        ),
+    ],
+)
 def test_sizes_that_disagree_are_refused_before_anything_is_written(runs, capsys, change, message):
     spec = {**LDM, "name": "bad", "denoiser": {"name": "unet", "params": {**UNET["params"], **change}}}
     assert run(runs, spec) == 2
@@ -119,18 +165,36 @@ def test_sizes_that_disagree_are_refused_before_anything_is_written(runs, capsys
 
 
 def test_sample_writes_images_grid_and_a_manifest_that_regenerates_any_image(runs, capsys):
-    spec = {"task": "sample", "name": "samples", "seed": 100, "runtime": {"accelerator": "cpu"},
-            "model": {"run": "ldm"}, "conditions": {"label": [0, 1, 2]}, "repeat": 2,
-            "sampling": {"sampler": {"name": "euler_ancestral"}, "steps": 6, "guidance": 3.0}}
+    spec = {
+        "task": "sample",
+        "name": "samples",
+        "seed": 100,
+        "runtime": {"accelerator": "cpu"},
+        "model": {"run": "ldm"},
+        "conditions": {"label": [0, 1, 2]},
+        "repeat": 2,
+        "sampling": {"sampler": {"name": "euler_ancestral"}, "steps": 6, "guidance": 3.0},
+    }
     assert run(runs, spec) == 0
     out = runs / "runs" / "samples"
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [m["condition"]["label"] for m in manifest] == [0, 0, 1, 1, 2, 2]
     assert [m["seed"] for m in manifest] == list(range(100, 106))
     assert manifest[3] | {"file": None} == {
-        "file": None, "condition": {"label": 1}, "run": "ldm", "checkpoint": "step-00000300.safetensors",
-        "step": 300, "weights": "ema", "sampler": "euler_ancestral", "sampler_params": {"eta": 1.0}, "eta": 1.0,
-        "steps": 6, "spacing": "logsnr", "guidance": 3.0, "seed": 103}
+        "file": None,
+        "condition": {"label": 1},
+        "run": "ldm",
+        "checkpoint": "step-00000300.safetensors",
+        "step": 300,
+        "weights": "ema",
+        "sampler": "euler_ancestral",
+        "sampler_params": {"eta": 1.0},
+        "eta": 1.0,
+        "steps": 6,
+        "spacing": "logsnr",
+        "guidance": 3.0,
+        "seed": 103,
+    }
     assert Image.open(out / "grid.png").size == (2 * 8, 3 * 8)
     again = {**spec, "name": "again", "seed": manifest[3]["seed"], "conditions": {"label": [1]}, "repeat": 1}
     assert run(runs, again) == 0
@@ -172,15 +236,22 @@ def test_guided_sampling_keeps_every_tensor_on_the_denoisers_device(registry, sa
     def use(name, params):
         return ConditionerUse.model_validate({"name": name, "params": params}, context={"registry": registry})
 
-    uses = [use("class_label", {"num_classes": 3, "dim": 8}),
-            use("low_res", {"factor": 2, "lowres_factor": 2, "image_channels": 1, "vector_dim": 16})]
-    unet = DenoiserSpec.model_validate({"name": "unet", "params": {**UNET["params"], "in_channels": 3, "out_channels": 2,
-                                                                   "context_dim": 8, "vector_dim": 16}},
-                                       context={"registry": registry})
+    uses = [
+        use("class_label", {"num_classes": 3, "dim": 8}),
+        use("low_res", {"factor": 2, "lowres_factor": 2, "image_channels": 1, "vector_dim": 16}),
+    ]
+    unet = DenoiserSpec.model_validate(
+        {
+            "name": "unet",
+            "params": {**UNET["params"], "in_channels": 3, "out_channels": 2, "context_dim": 8, "vector_dim": 16},
+        },
+        context={"registry": registry},
+    )
     model = LatentDiffusion(unet.build(), [u.build() for u in uses], uses).eval()
     model.denoiser.to("meta")
-    sampling = SamplingSpec.model_validate({"sampler": {"name": sampler}, "steps": 3, "guidance": 2.0},
-                                           context={"registry": registry})
+    sampling = SamplingSpec.model_validate(
+        {"sampler": {"name": sampler}, "steps": 3, "guidance": 2.0}, context={"registry": registry}
+    )
     schedule = NoiseSchedule(beta_schedule("scaled_linear", 1000, 0.00085, 0.012))
     batch = {"label": torch.tensor([0, 1]), "lowres": torch.zeros(2, 1, 4, 4)}
     generators = [torch.Generator().manual_seed(i) for i in range(2)]
@@ -191,11 +262,17 @@ def test_guided_sampling_keeps_every_tensor_on_the_denoisers_device(registry, sa
 def test_gradients_reach_trainable_parts_and_not_frozen_conditioners(registry):
     from core.specs import DenoiserSpec
 
-    uses = [ConditionerUse.model_validate({"name": "class_label", "params": {"num_classes": 3, "dim": 8},
-                                           "trainable": trainable}, context={"registry": registry})
-            for trainable in (True, False)]
-    unet = DenoiserSpec.model_validate({"name": "unet", "params": {**UNET["params"], "in_channels": 2, "out_channels": 2,
-                                                                   "context_dim": 8}}, context={"registry": registry})
+    uses = [
+        ConditionerUse.model_validate(
+            {"name": "class_label", "params": {"num_classes": 3, "dim": 8}, "trainable": trainable},
+            context={"registry": registry},
+        )
+        for trainable in (True, False)
+    ]
+    unet = DenoiserSpec.model_validate(
+        {"name": "unet", "params": {**UNET["params"], "in_channels": 2, "out_channels": 2, "context_dim": 8}},
+        context={"registry": registry},
+    )
     torch.manual_seed(0)
     model = LatentDiffusion(unet.build(), [u.build() for u in uses], uses)
     with torch.no_grad():  # zero-initialised layers (output, attention projections) would block what lies before them
@@ -214,8 +291,11 @@ def test_gradients_reach_trainable_parts_and_not_frozen_conditioners(registry):
 
 
 def test_dropping_uses_the_no_condition_output_but_keeps_concat(registry):
-    uses = [ConditionerUse.model_validate({"name": "class_label", "params": {"num_classes": 3, "dim": 8}},
-                                          context={"registry": registry})]
+    uses = [
+        ConditionerUse.model_validate(
+            {"name": "class_label", "params": {"num_classes": 3, "dim": 8}}, context={"registry": registry}
+        )
+    ]
     model = LatentDiffusion(torch.nn.Identity(), [uses[0].build()], uses)
     labels = {"label": torch.tensor([0, 1])}
     dropped = model.condition(labels, torch.tensor([[True], [False]]))
@@ -232,21 +312,36 @@ def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_pat
     ae["model"]["params"].update(in_channels=3, z_channels=3)
     ae["train"].update(max_steps=2, checkpoint_every=2)
     assert run(tmp_path, ae) == 0
-    hybrid = {**LDM, "name": "hybrid", "data": data, "first_stage": {"run": "shapes-ae"},
-              "conditioners": [
-                  {"name": "semantic_map", "params": {"num_classes": 4, "channels": 4, "factor": 2, "context_dim": 16}},
-                  {"name": "low_res", "params": {"lowres_factor": 4, "factor": 2, "vector_dim": 8}},
-                  {"name": "class_label", "params": {"num_classes": 18, "dim": 16}}],
-              "train": {**LDM["train"], "max_steps": 4, "checkpoint_every": 4, "image_every": 4, "log_every": 1}}
+    hybrid = {
+        **LDM,
+        "name": "hybrid",
+        "data": data,
+        "first_stage": {"run": "shapes-ae"},
+        "conditioners": [
+            {"name": "semantic_map", "params": {"num_classes": 4, "channels": 4, "factor": 2, "context_dim": 16}},
+            {"name": "low_res", "params": {"lowres_factor": 4, "factor": 2, "vector_dim": 8}},
+            {"name": "class_label", "params": {"num_classes": 18, "dim": 16}},
+        ],
+        "train": {**LDM["train"], "max_steps": 4, "checkpoint_every": 4, "image_every": 4, "log_every": 1},
+    }
     assert run(tmp_path, hybrid) == 0
     params = json.loads((tmp_path / "runs" / "hybrid" / "spec.json").read_text())["denoiser"]["params"]
     assert (params["in_channels"], params["context_dim"], params["vector_dim"]) == (3 + 4 + 3, 16, 8)
     assert list((tmp_path / "runs" / "hybrid" / "samples").iterdir()), "a sample grid was logged"
-    sample = {"task": "sample", "name": "from-data", "runtime": {"accelerator": "cpu"}, "model": {"run": "hybrid"},
-              "data": {**data, "params": {**data["params"], "split": "val"}}, "data_indices": [3, 5], "repeat": 2,
-              "sampling": {"steps": 3, "guidance": 2.0}}
+    sample = {
+        "task": "sample",
+        "name": "from-data",
+        "runtime": {"accelerator": "cpu"},
+        "model": {"run": "hybrid"},
+        "data": {**data, "params": {**data["params"], "split": "val"}},
+        "data_indices": [3, 5],
+        "repeat": 2,
+        "sampling": {"steps": 3, "guidance": 2.0},
+    }
     assert run(tmp_path, sample) == 0
-    manifest = [json.loads(line) for line in (tmp_path / "runs" / "from-data" / "manifest.jsonl").read_text().splitlines()]
+    manifest = [
+        json.loads(line) for line in (tmp_path / "runs" / "from-data" / "manifest.jsonl").read_text().splitlines()
+    ]
     assert [m["condition"]["data_index"] for m in manifest] == [3, 3, 5, 5]
     assert manifest[0]["condition"]["segmentation"] == "shapes[3].segmentation"
     assert isinstance(manifest[0]["condition"]["label"], int)
@@ -256,17 +351,29 @@ def test_a_semantic_and_super_resolution_ldm_trains_on_concat_conditions(tmp_pat
     wrong.update(name="wrong")
     wrong["conditioners"][0]["params"]["factor"] = 4
     assert run(tmp_path, wrong) == 2
-    assert ("conditioners.0 (semantic_map) makes maps 4 times smaller than the image but the first stage's latent "
-            "is 2 times smaller; set its factor to 2") in capsys.readouterr().err
+    assert (
+        "conditioners.0 (semantic_map) makes maps 4 times smaller than the image but the first stage's latent "
+        "is 2 times smaller; set its factor to 2"
+    ) in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("conditioner,message", [
-    ({"name": "semantic_map", "params": {"num_classes": 2, "factor": 2}},
-     "data (shapes).segmentation: semantic_map got class 3, outside [0, 2)"),
-    ({"name": "low_res", "params": {"lowres_factor": 2, "factor": 2}},
-     "data (shapes).lowres: low_res turns it into 4x4 maps but the latents are 8x8"),
-    ({"name": "class_label", "params": {"num_classes": 3}}, "data (shapes).label: class_label got class 4, outside [0, 3)"),
-])
+@pytest.mark.parametrize(
+    "conditioner,message",
+    [
+        (
+            {"name": "semantic_map", "params": {"num_classes": 2, "factor": 2}},
+            "data (shapes).segmentation: semantic_map got class 3, outside [0, 2)",
+        ),
+        (
+            {"name": "low_res", "params": {"lowres_factor": 2, "factor": 2}},
+            "data (shapes).lowres: low_res turns it into 4x4 maps but the latents are 8x8",
+        ),
+        (
+            {"name": "class_label", "params": {"num_classes": 3}},
+            "data (shapes).label: class_label got class 4, outside [0, 3)",
+        ),
+    ],
+)
 def test_data_a_conditioner_cannot_take_is_refused_before_anything_is_written(tmp_path, capsys, conditioner, message):
     data = {"name": "shapes", "params": {"size": 16, "num_examples": 40, "lowres_factor": 4}}
     ae = {**copy.deepcopy(TINY_AE), "name": "shapes-ae", "data": data}

@@ -12,15 +12,29 @@ from tasks.run import main
 def stages(ldm_steps):
     ae = {**copy.deepcopy(TINY_AE), "train": {**TINY_AE["train"], "max_steps": 10, "checkpoint_every": 10}}
     del ae["runtime"], ae["seed"]
-    ldm = {**copy.deepcopy(LDM), "train": {**LDM["train"], "max_steps": ldm_steps, "checkpoint_every": 4, "log_every": 1}}
+    ldm = {
+        **copy.deepcopy(LDM),
+        "train": {**LDM["train"], "max_steps": ldm_steps, "checkpoint_every": 4, "log_every": 1},
+    }
     del ldm["runtime"], ldm["seed"]
-    sample = {"task": "sample", "name": "grid", "model": {"run": "ldm"}, "conditions": {"label": [0, 1]},
-              "sampling": {"steps": 4}}
+    sample = {
+        "task": "sample",
+        "name": "grid",
+        "model": {"run": "ldm"},
+        "conditions": {"label": [0, 1]},
+        "sampling": {"steps": 4},
+    }
     return [ae, ldm, sample]
 
 
 def pipeline(tmp_path, ldm_steps, *extra):
-    spec = {"task": "pipeline", "name": "all", "seed": 3, "runtime": {"accelerator": "cpu"}, "stages": stages(ldm_steps)}
+    spec = {
+        "task": "pipeline",
+        "name": "all",
+        "seed": 3,
+        "runtime": {"accelerator": "cpu"},
+        "stages": stages(ldm_steps),
+    }
     path = tmp_path / "pipeline.json"
     path.write_text(json.dumps(spec))
     return main([str(path), "--runs-dir", str(tmp_path / "runs"), *extra])
@@ -29,8 +43,11 @@ def pipeline(tmp_path, ldm_steps, *extra):
 def test_stages_run_in_order_and_a_finished_pipeline_is_skipped(tmp_path, capsys):
     assert pipeline(tmp_path, 8) == 0
     out = capsys.readouterr().out
-    assert out.index("'ae' (train_autoencoder): running") < out.index("'ldm' (train_ldm): running") \
+    assert (
+        out.index("'ae' (train_autoencoder): running")
+        < out.index("'ldm' (train_ldm): running")
         < out.index("'grid' (sample): running")
+    )
     runs = tmp_path / "runs"
     assert (runs / "grid" / "grid.png").is_file()
     assert json.loads((runs / "ldm" / "spec.json").read_text())["seed"] == 3, "the pipeline's seed is the default"
@@ -46,7 +63,9 @@ def test_an_interrupted_pipeline_resumes_the_stopped_stage(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "'ae' (train_autoencoder): done earlier, skipped" in out
     assert "'ldm' (train_ldm): resuming" in out and "'grid' (sample): running" in out
-    steps = [row["step"] for row in map(json.loads, (tmp_path / "runs" / "ldm" / "metrics.jsonl").read_text().splitlines())]
+    steps = [
+        row["step"] for row in map(json.loads, (tmp_path / "runs" / "ldm" / "metrics.jsonl").read_text().splitlines())
+    ]
     assert steps == list(range(1, 9)), "steps 5 to 8 continue the run"
 
 
@@ -62,9 +81,11 @@ def test_every_stage_is_validated_before_the_first_runs(tmp_path, capsys):
 
     check(lambda s: s[1]["train"].update(max_steps=0), "stages.1.train.max_steps: Input should be greater than 0")
     check(lambda s: s[2].update(name="ae"), "stage names must differ, but 'ae' is used twice")
-    check(lambda s: s[2].update(task="pipeline"), "stages.2: a stage's task is one of evaluate, inspect, latent_stats, sample")
-    check(lambda s: s[2].update(model={"run": "ldn"}),
-          "stages.2.model: 'ldn' is neither an earlier stage nor a run in")
+    check(
+        lambda s: s[2].update(task="pipeline"),
+        "stages.2: a stage's task is one of evaluate, inspect, latent_stats, sample",
+    )
+    check(lambda s: s[2].update(model={"run": "ldn"}), "stages.2.model: 'ldn' is neither an earlier stage nor a run in")
 
 
 def test_the_quickstart_chains_its_stages_into_a_ten_by_ten_grid(tmp_path):

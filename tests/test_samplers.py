@@ -124,13 +124,22 @@ def test_the_adapter_turns_any_parameterisation_into_the_same_denoiser(predictio
 
 
 def test_samplers_are_registered_components():
-    assert REGISTRY.names("sampler") == ["ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde", "euler",
-                                         "euler_ancestral", "heun", "plms"]
+    assert REGISTRY.names("sampler") == [
+        "ddim",
+        "ddpm",
+        "dpmpp_2m",
+        "dpmpp_2m_sde",
+        "euler",
+        "euler_ancestral",
+        "heun",
+        "plms",
+    ]
     data = GaussianData()
     levels = sigmas(SCHEDULE, 20, "logsnr")
     start = data.start(levels[0].item(), torch.tensor([[0.0], [1.0]], dtype=torch.float64))
-    assert torch.equal(build("ddim").sample(data.denoise, start, levels), euler(data.denoise, start, levels)), \
+    assert torch.equal(build("ddim").sample(data.denoise, start, levels), euler(data.denoise, start, levels)), (
         "DDIM with eta 0 is the Euler step"
+    )
     with pytest.raises(ValueError):
         build("ddim", eta=1.5)
 
@@ -138,9 +147,14 @@ def test_samplers_are_registered_components():
 def test_eta_zero_is_the_deterministic_step_and_eta_one_is_ddpm():
     data = GaussianData()
     levels = sigmas(SCHEDULE, 10, "logsnr")
-    start = data.start(levels[0].item(), torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
-    assert torch.allclose(euler_ancestral(data.denoise, start, levels, 0.0, torch.Generator()),
-                          euler(data.denoise, start, levels), atol=1e-12)
+    start = data.start(
+        levels[0].item(), torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    )
+    assert torch.allclose(
+        euler_ancestral(data.denoise, start, levels, 0.0, torch.Generator()),
+        euler(data.denoise, start, levels),
+        atol=1e-12,
+    )
     ddpm = build("ddpm").sample(data.denoise, start, levels, generator=torch.Generator().manual_seed(3))
     ddim = build("ddim", eta=1.0).sample(data.denoise, start, levels, generator=torch.Generator().manual_seed(3))
     assert torch.equal(ddpm, ddim)
@@ -148,8 +162,9 @@ def test_eta_zero_is_the_deterministic_step_and_eta_one_is_ddpm():
     assert torch.allclose(sde, build("dpmpp_2m").sample(data.denoise, start, levels), atol=1e-12)
 
 
-@pytest.mark.parametrize("name,params", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("euler_ancestral", {}),
-                                         ("dpmpp_2m_sde", {})])
+@pytest.mark.parametrize(
+    "name,params", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("euler_ancestral", {}), ("dpmpp_2m_sde", {})]
+)
 def test_a_batch_with_per_sample_generators_equals_its_items_one_by_one(name, params):
     levels = sigmas(SCHEDULE, 20, "logsnr")
     seeds = [11, 12, 13, 14]
@@ -161,10 +176,15 @@ def test_a_batch_with_per_sample_generators_equals_its_items_one_by_one(name, pa
     def start(seed):
         return torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(seed)) * levels[0].float()
 
-    batch = sampler.sample(denoise, torch.cat([start(s) for s in seeds]), levels,
-                           generator=[torch.Generator().manual_seed(100 + s) for s in seeds])
-    alone = torch.cat([sampler.sample(denoise, start(s), levels, generator=[torch.Generator().manual_seed(100 + s)])
-                       for s in seeds])
+    batch = sampler.sample(
+        denoise,
+        torch.cat([start(s) for s in seeds]),
+        levels,
+        generator=[torch.Generator().manual_seed(100 + s) for s in seeds],
+    )
+    alone = torch.cat(
+        [sampler.sample(denoise, start(s), levels, generator=[torch.Generator().manual_seed(100 + s)]) for s in seeds]
+    )
     assert torch.allclose(batch, alone, atol=1e-5)
     assert not torch.allclose(batch[0], batch[1]), "each sample draws its own noise"
     with pytest.raises(ValueError, match="got 2 generators for a batch of 4"):
@@ -210,8 +230,13 @@ def test_masked_sampling_keeps_the_masked_region_and_samples_the_rest(name):
     assert torch.allclose(out[:, 0], init[:, 0], atol=1e-12)
     # Coordinates are independent here, so the free one must fare as it does with no mask at all.
     free = sample(build(name), data.denoise, noise[:, 1:], levels, init=init[:, 1:], generator=gen)
-    assert abs(data.distance(out[:, 1].mean().item(), out[:, 1].std().item())
-               - data.distance(free.mean().item(), free.std().item())) < 0.01
+    assert (
+        abs(
+            data.distance(out[:, 1].mean().item(), out[:, 1].std().item())
+            - data.distance(free.mean().item(), free.std().item())
+        )
+        < 0.01
+    )
     with pytest.raises(ValueError, match="a mask needs the latent it keeps"):
         sample(build(name), data.denoise, noise, levels, mask=mask)
 

@@ -9,7 +9,16 @@ where they are of unit scale at every step.
 import pytest
 import torch
 
-from benchmarks.samplers_closed_form import PEERS, build_samplers, is_stochastic, ours, peer, peer_scheduler, run_peer, works_in_vp
+from benchmarks.samplers_closed_form import (
+    PEERS,
+    build_samplers,
+    is_stochastic,
+    ours,
+    peer,
+    peer_scheduler,
+    run_peer,
+    works_in_vp,
+)
 from core.closed_form import GaussianData
 from core.diffusion import NoiseSchedule
 from core.sampling import sigma_at
@@ -47,24 +56,30 @@ def trajectories(name, steps, params, dtype, step_options, settings):
     if not works_in_vp(scheduler):
         theirs = [x / scale[k] for k, x in enumerate(theirs)]
     start = data.start(levels[0].item(), z)
-    mine = [sampler.sample(data.denoise, start, levels[: k + 2], generator=generator()) / scale[k] for k in range(steps)]
+    mine = [
+        sampler.sample(data.denoise, start, levels[: k + 2], generator=generator()) / scale[k] for k in range(steps)
+    ]
     return mine, theirs
 
 
-@pytest.mark.parametrize("name,params,step_options,settings,dtype", [
-    ("ddim", {}, {}, {}, torch.float64),
-    ("ddim", {"eta": 0.5}, {"eta": 0.5}, {}, torch.float64),
-    ("ddpm", {}, {}, {}, torch.float64),
-    ("euler", {}, {}, {}, torch.float64),
-    ("euler_ancestral", {}, {}, {}, torch.float64),
-    ("heun", {}, {}, {}, torch.float64),
-    ("plms", {}, {}, {"set_alpha_to_one": True}, torch.float64),
-    # diffusers' DPM-Solver computes in float32 and draws float32 noise
-    ("dpmpp_2m", {}, {}, {}, torch.float32),
-    ("dpmpp_2m_sde", {}, {}, {}, torch.float32),
-])
-def test_the_same_method_with_the_same_timesteps_follows_diffusers_step_by_step(name, params, step_options,
-                                                                                 settings, dtype):
+@pytest.mark.parametrize(
+    "name,params,step_options,settings,dtype",
+    [
+        ("ddim", {}, {}, {}, torch.float64),
+        ("ddim", {"eta": 0.5}, {"eta": 0.5}, {}, torch.float64),
+        ("ddpm", {}, {}, {}, torch.float64),
+        ("euler", {}, {}, {}, torch.float64),
+        ("euler_ancestral", {}, {}, {}, torch.float64),
+        ("heun", {}, {}, {}, torch.float64),
+        ("plms", {}, {}, {"set_alpha_to_one": True}, torch.float64),
+        # diffusers' DPM-Solver computes in float32 and draws float32 noise
+        ("dpmpp_2m", {}, {}, {}, torch.float32),
+        ("dpmpp_2m_sde", {}, {}, {}, torch.float32),
+    ],
+)
+def test_the_same_method_with_the_same_timesteps_follows_diffusers_step_by_step(
+    name, params, step_options, settings, dtype
+):
     mine, theirs = trajectories(name, 20, params, dtype, step_options, settings)
     assert len(mine) == len(theirs) == 20
     for k, (a, b) in enumerate(zip(mine, theirs, strict=True)):

@@ -26,7 +26,9 @@ class Payload:
 def malicious(path, bait):
     """A torch.save file (a zip holding a pickle) whose unpickling makes a folder in ``bait``."""
     torch.save({"model/first_stage/w": torch.zeros(1), "trap": Payload(bait / "payload-ran")}, path)
-    assert pickle.loads(pickle.dumps(Payload(bait / "check"))) is None and (bait / "check").is_dir(), "the payload works"
+    assert pickle.loads(pickle.dumps(Payload(bait / "check"))) is None and (bait / "check").is_dir(), (
+        "the payload works"
+    )
     (bait / "check").rmdir()
     return path
 
@@ -47,8 +49,9 @@ def test_a_pickle_posing_as_weights_is_refused_and_its_payload_never_runs(cli, a
     code, _, err = cli(ae_spec, "--set", "name=again", "--set", 'train.init_from={"run": "ae"}')
     assert refused(code, err), err
     lpips = malicious(tmp_path / "lpips.pt", bait)
-    code, _, err = cli(ae_spec, "--set", "name=lpips", "--set",
-                       f'loss.perceptual={{"kind": "lpips", "weights_file": "{lpips}"}}')
+    code, _, err = cli(
+        ae_spec, "--set", "name=lpips", "--set", f'loss.perceptual={{"kind": "lpips", "weights_file": "{lpips}"}}'
+    )
     assert refused(code, err), err
     bert = write_bert(tmp_path / "bert")
     malicious(bert / "model.safetensors", bait)
@@ -63,13 +66,18 @@ def test_a_pickle_posing_as_weights_is_refused_and_its_payload_never_runs(cli, a
     assert not any(bait.iterdir()), "no payload ran"
 
 
-UNPICKLERS = re.compile(r"\b(torch\.load|torch\.jit\.load|torch\.export\.load|pickle\.loads?|cloudpickle|dill|"
-                        r"allow_pickle\s*=\s*True|weights_only\s*=\s*False)\b")
+UNPICKLERS = re.compile(
+    r"\b(torch\.load|torch\.jit\.load|torch\.export\.load|pickle\.loads?|cloudpickle|dill|"
+    r"allow_pickle\s*=\s*True|weights_only\s*=\s*False)\b"
+)
 
 
 def test_no_code_path_can_unpickle():
-    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
-             for folder in ("core", "plugins", "tasks") for path in sorted((ROOT / folder).rglob("*.py"))
-             for n, line in enumerate(path.read_text().splitlines(), 1)
-             if UNPICKLERS.search(line) and not line.lstrip().startswith(("#", '"', "'"))]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for folder in ("core", "plugins", "tasks")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if UNPICKLERS.search(line) and not line.lstrip().startswith(("#", '"', "'"))
+    ]
     assert found == []

@@ -27,10 +27,14 @@ def _keys(value):
 
 
 KEYS = sorted({key for spec in CONFIGS.values() for key in _keys(spec)})
-scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
-json_values = st.recursive(scalars | st.sampled_from(KEYS),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=4),
-                           max_leaves=12)
+scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
+json_values = st.recursive(
+    scalars | st.sampled_from(KEYS),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def _paths(value, prefix=()):

@@ -9,7 +9,11 @@ from core.validation import task_schema, validate_task
 from tasks.catalog import spec_models
 from tasks.overrides import Override, resolve
 
-BASE = {"task": "inspect", "name": "t", "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 8}}]}
+BASE = {
+    "task": "inspect",
+    "name": "t",
+    "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 8}}],
+}
 
 
 def validate(registry, data):
@@ -36,8 +40,10 @@ def test_a_valid_spec_gets_every_default_and_builds(registry):
 
 def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
-    assert found == {"conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-                                            "installed conditioners: class_label, frozen_text_encoder, low_res, semantic_map, text_bert"}
+    assert found == {
+        "conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
+        "installed conditioners: class_label, frozen_text_encoder, low_res, semantic_map, text_bert"
+    }
 
 
 def test_misspelled_param_key_is_located_inside_the_component_and_suggests_the_key(registry):
@@ -49,12 +55,15 @@ def test_misspelled_param_key_is_located_inside_the_component_and_suggests_the_k
 
 def test_wrong_type_names_the_field_and_the_value(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_label", "params": {"num_classes": "ten"}}]})
-    assert found == {"conditioners.0.params.num_classes":
-                     "Input should be a valid integer, unable to parse string as an integer, got 'ten'"}
+    assert found == {
+        "conditioners.0.params.num_classes": "Input should be a valid integer, unable to parse string as an integer, got 'ten'"
+    }
 
 
 def test_bad_choice_suggests_the_closest_literal(registry):
-    found = problems(registry, {**BASE, "conditioners": [{"name": "class_label", "params": {"num_classes": 3, "output": "vectr"}}]})
+    found = problems(
+        registry, {**BASE, "conditioners": [{"name": "class_label", "params": {"num_classes": 3, "output": "vectr"}}]}
+    )
     assert found["conditioners.0.params.output"].endswith("got 'vectr'; did you mean 'vector'?")
 
 
@@ -66,7 +75,8 @@ def test_top_level_extra_key_and_missing_field(registry):
 def test_unknown_task_and_missing_task(registry):
     assert problems(registry, {**BASE, "task": "inpsect"}) == {
         "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, inspect, latent_stats, pipeline, "
-                "sample, train_autoencoder, train_ldm"}
+        "sample, train_autoencoder, train_ldm"
+    }
     assert "this field is required" in problems(registry, {"name": "x"})["task"]
     assert "non-empty JSON object" in problems(registry, [])[""]
 
@@ -77,19 +87,30 @@ def test_run_names_that_would_leave_the_runs_directory_are_refused(registry, nam
 
 
 def test_newer_spec_version_is_refused_with_the_supported_one(registry):
-    assert "spec_version 2 is newer than the version this ldm-framework reads (1)" in problems(
-        registry, {**BASE, "spec_version": 2})["spec_version"]
+    assert (
+        "spec_version 2 is newer than the version this ldm-framework reads (1)"
+        in problems(registry, {**BASE, "spec_version": 2})["spec_version"]
+    )
 
 
 def test_contexts_of_different_widths_are_caught_before_anything_is_built(registry):
-    conds = [{"name": "class_label", "params": {"num_classes": 3, "dim": 8}},
-             {"name": "class_label", "params": {"num_classes": 3, "dim": 16}}]
+    conds = [
+        {"name": "class_label", "params": {"num_classes": 3, "dim": 8}},
+        {"name": "class_label", "params": {"num_classes": 3, "dim": 16}},
+    ]
     message = problems(registry, {**BASE, "conditioners": conds})["conditioners"]
     assert "conditioners.0 (class_label) gives 8, conditioners.1 (class_label) gives 16" in message
 
 
 def test_several_problems_are_all_reported(registry):
-    found = problems(registry, {**BASE, "runtime": {"devices": 0, "precision": "bf16"}, "first_stage": {"name": "identity", "params": {"channels": 0}}})
+    found = problems(
+        registry,
+        {
+            **BASE,
+            "runtime": {"devices": 0, "precision": "bf16"},
+            "first_stage": {"name": "identity", "params": {"channels": 0}},
+        },
+    )
     assert set(found) == {"runtime.devices", "runtime.precision", "first_stage.params.channels"}
 
 
@@ -102,7 +123,9 @@ def test_set_prefers_the_type_the_field_wants(registry):
     assert appended.conditioners[1].params.num_classes == 2
     with pytest.raises(SpecError) as info:
         resolve(BASE, ["seed=abc"], check)
-    assert info.value.problems == [(("seed",), "Input should be a valid integer, unable to parse string as an integer, got 'abc'")]
+    assert info.value.problems == [
+        (("seed",), "Input should be a valid integer, unable to parse string as an integer, got 'abc'")
+    ]
 
 
 def test_set_paths_must_exist_through_lists():
@@ -118,7 +141,13 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     schema = task_schema(spec_models(), registry)
     conditioner = schema["$defs"]["ConditionerSpec"]
     choice = conditioner["oneOf"][0]
-    assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == ["class_label", "frozen_text_encoder", "low_res", "semantic_map", "text_bert"]
+    assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == [
+        "class_label",
+        "frozen_text_encoder",
+        "low_res",
+        "semantic_map",
+        "text_bert",
+    ]
     assert choice["properties"]["params"]["properties"]["num_classes"]["type"] == "integer"
     use = schema["$defs"]["ConditionerUse"]["oneOf"][0]
     assert use["properties"]["name"] == {"const": "class_label"} and use["properties"]["drop_rate"]["maximum"] == 1.0

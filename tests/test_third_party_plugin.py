@@ -2,19 +2,32 @@
 
 import json
 
-SPEC = {"task": "inspect", "name": "onehot-check", "conditioners": [{"name": "onehot", "params": {"num_classes": 10, "dim": 16}}]}
+SPEC = {
+    "task": "inspect",
+    "name": "onehot-check",
+    "conditioners": [{"name": "onehot", "params": {"num_classes": 10, "dim": 16}}],
+}
 
 
 def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, run_cli):
     code, out, err = run_cli("--list", env={"PYTHONPATH": str(plugin_site)})
     assert code == 0, err
     lines = out.splitlines()
-    conditioners = lines[lines.index("conditioner") + 1: lines.index("sampler")]
-    assert [line.split()[0] for line in conditioners] == ["class_label", "frozen_text_encoder", "low_res", "onehot", "semantic_map", "text_bert"]
+    conditioners = lines[lines.index("conditioner") + 1 : lines.index("sampler")]
+    assert [line.split()[0] for line in conditioners] == [
+        "class_label",
+        "frozen_text_encoder",
+        "low_res",
+        "onehot",
+        "semantic_map",
+        "text_bert",
+    ]
     assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[3]
-    failed = lines[lines.index("plugins that failed to load") + 1:]
-    assert failed == ["  plugin 'broken' (ldm-plugin-broken 0.1.0) failed to load: ImportError: "
-                      "ldm-plugin-broken needs the 'libfoo' library, which is not installed (at ldm_plugin_broken.py:3)"]
+    failed = lines[lines.index("plugins that failed to load") + 1 :]
+    assert failed == [
+        "  plugin 'broken' (ldm-plugin-broken 0.1.0) failed to load: ImportError: "
+        "ldm-plugin-broken needs the 'libfoo' library, which is not installed (at ldm_plugin_broken.py:3)"
+    ]
 
 
 def test_installed_plugin_is_usable_in_a_spec_and_validated_by_its_own_params(plugin_site, run_cli, tmp_path):

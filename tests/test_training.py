@@ -19,7 +19,10 @@ def checkpoint(run, step):
 
 
 def losses(run):
-    return [(line["step"], line["loss/first_stage"]) for line in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    return [
+        (line["step"], line["loss/first_stage"])
+        for line in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    ]
 
 
 def assert_same_tensors(a, b, prefix=""):
@@ -34,8 +37,14 @@ def test_a_run_writes_spec_environment_metrics_checkpoints_and_images(cli, ae_sp
     assert code == 0, err
     run = tmp_path / "runs" / "ae"
     spec = json.loads((run / "spec.json").read_text())
-    assert spec["runtime"] == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "single_device",
-                               "precision": "32-true", "memory_format": "channels_last"}, "the resolved spec records what ran"
+    assert spec["runtime"] == {
+        "accelerator": "cpu",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "single_device",
+        "precision": "32-true",
+        "memory_format": "channels_last",
+    }, "the resolved spec records what ran"
     assert spec["model"]["params"]["regularizer"]["params"] == {"weight": 1e-6, "sample": True}
     [stamp] = json.loads((run / "environment.json").read_text())["starts"]
     assert stamp["torch"] == torch.__version__ and stamp["ldm-framework"] == "0.1.0"
@@ -43,10 +52,18 @@ def test_a_run_writes_spec_environment_metrics_checkpoints_and_images(cli, ae_sp
     assert [step for step, _ in losses(run)] == [1, 2, 3, 4, 5, 6]
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["lr/first_stage"] == pytest.approx(0.0005), "warm-up: half the rate at the first of 2 steps"
-    assert {"loss/first_stage/pixel", "loss/first_stage/kl", "grad_norm/first_stage",
-            "throughput/steps_per_s", "throughput/examples_per_s"} <= set(record)
+    assert {
+        "loss/first_stage/pixel",
+        "loss/first_stage/kl",
+        "grad_norm/first_stage",
+        "throughput/steps_per_s",
+        "throughput/examples_per_s",
+    } <= set(record)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "latest", "step-00000003.safetensors", "step-00000006.safetensors"]
+        "latest",
+        "step-00000003.safetensors",
+        "step-00000006.safetensors",
+    ]
     assert (run / "checkpoints" / "latest").read_text() == "step-00000006.safetensors"
     grids = sorted(p.name for p in (run / "samples").iterdir())
     assert grids == ["reconstructions-00000003.png", "reconstructions-00000006.png"]
@@ -102,10 +119,24 @@ def test_a_run_started_before_a_spec_field_existed_resumes_with_that_fields_defa
 
 
 def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(cli, ae_spec, tmp_path):
-    assert cli(ae_spec, "--set", "name=base", "--set", "train.max_steps=30", "--set", "train.checkpoint_every=30")[0] == 0
-    code, _, err = cli(ae_spec, "--set", "name=tuned", "--set", 'train.init_from={"run": "base", "weights": "raw"}',
-                       "--set", "train.optimizer.warmup_steps=0", "--set", "train.optimizer.lr=1e-9",
-                       "--set", "train.max_steps=1", "--set", "train.ema=null")
+    assert (
+        cli(ae_spec, "--set", "name=base", "--set", "train.max_steps=30", "--set", "train.checkpoint_every=30")[0] == 0
+    )
+    code, _, err = cli(
+        ae_spec,
+        "--set",
+        "name=tuned",
+        "--set",
+        'train.init_from={"run": "base", "weights": "raw"}',
+        "--set",
+        "train.optimizer.warmup_steps=0",
+        "--set",
+        "train.optimizer.lr=1e-9",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.ema=null",
+    )
     assert code == 0, err
     base, tuned = checkpoint(tmp_path / "runs" / "base", 30), checkpoint(tmp_path / "runs" / "tuned", 1)
     for key in (k for k in base if k.startswith("model/")):
@@ -114,7 +145,9 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
     [stamp] = json.loads((tmp_path / "runs" / "tuned" / "environment.json").read_text())["starts"]
     assert stamp["reads"] == ["runs/base/checkpoints/step-00000030.safetensors"]
 
-    code, _, err = cli(ae_spec, "--set", "name=other", "--set", 'train.init_from={"run": "base"}', "--set", "model.params.ch=4")
+    code, _, err = cli(
+        ae_spec, "--set", "name=other", "--set", 'train.init_from={"run": "base"}', "--set", "model.params.ch=4"
+    )
     assert code == 2 and "does not fit the model" in err and "wrong shape" in err
     assert "another configuration (model.params.ch: 8 -> 4)" in err, "the spec values that differ"
     assert not (tmp_path / "runs" / "other").exists()
@@ -123,8 +156,17 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
 
 
 def test_a_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(cli, ae_spec, tmp_path):
-    code, _, err = cli(ae_spec, "--set", "train.optimizer.name=sgd", "--set", "train.optimizer.lr=1e8",
-                       "--set", "train.max_steps=50", "--set", "train.checkpoint_every=1")
+    code, _, err = cli(
+        ae_spec,
+        "--set",
+        "train.optimizer.name=sgd",
+        "--set",
+        "train.optimizer.lr=1e8",
+        "--set",
+        "train.max_steps=50",
+        "--set",
+        "train.checkpoint_every=1",
+    )
     assert code == 1
     assert "is not finite at step" in err and "stopped before updating the weights" in err
     assert "Traceback" not in err
@@ -135,12 +177,15 @@ def test_a_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint
         assert not value.is_floating_point() or torch.isfinite(value).all()
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("model.params.in_channels", "3", "model takes 3-channel images but data (digits) gives 1-channel ones"),
-    ("data.params.size", "9", "not divisible by the model's downsampling factor f=2"),
-    ("model.params.norm_groups", "3", "norm_groups 3 does not divide the channel counts [8, 16]"),
-    ("runtime.precision", "16-mixed", "runtime.precision: '16-mixed' needs a GPU"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.params.in_channels", "3", "model takes 3-channel images but data (digits) gives 1-channel ones"),
+        ("data.params.size", "9", "not divisible by the model's downsampling factor f=2"),
+        ("model.params.norm_groups", "3", "norm_groups 3 does not divide the channel counts [8, 16]"),
+        ("runtime.precision", "16-mixed", "runtime.precision: '16-mixed' needs a GPU"),
+    ],
+)
 def test_specs_that_cannot_train_exit_2_before_writing(cli, ae_spec, tmp_path, key, value, message):
     code, _, err = cli(ae_spec, "--set", f"{key}={value}")
     assert code == 2 and message in err, err
@@ -148,8 +193,13 @@ def test_specs_that_cannot_train_exit_2_before_writing(cli, ae_spec, tmp_path, k
 
 
 def start(ae_spec, tmp_path, *extra):
-    return subprocess.Popen([sys.executable, "-m", "tasks.run", str(ae_spec), *extra], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tasks.run", str(ae_spec), *extra],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_steps(run, steps, proc, timeout=120):
@@ -173,38 +223,74 @@ def test_sigterm_checkpoints_at_the_next_step_and_resume_finishes_identically(ae
     assert proc.returncode == 3, err
     stopped = int((run / "checkpoints" / "latest").read_text()[5:13])
     assert 5 <= stopped < 150 and f"stopped by SIGTERM at step {stopped}" in err
-    resumed = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    whole = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--set", "name=whole"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [sys.executable, "-m", "tasks.run", str(ae_spec), *long, "--set", "name=whole"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr
     assert_same_tensors(checkpoint(run, 150), checkpoint(tmp_path / "runs" / "whole", 150), "model/")
     assert losses(run) == losses(tmp_path / "runs" / "whole")
 
 
-SGD_NO_NOISE = ["--set", "train.optimizer.name=sgd", "--set", "train.optimizer.lr=0.001", "--set", "train.optimizer.warmup_steps=0",
-                "--set", "train.ema=null", "--set", "model.params.regularizer.params.sample=false", "--set", "train.max_steps=4"]
+SGD_NO_NOISE = [
+    "--set",
+    "train.optimizer.name=sgd",
+    "--set",
+    "train.optimizer.lr=0.001",
+    "--set",
+    "train.optimizer.warmup_steps=0",
+    "--set",
+    "train.ema=null",
+    "--set",
+    "model.params.regularizer.params.sample=false",
+    "--set",
+    "train.max_steps=4",
+]
 
 
 def test_channels_last_and_contiguous_weights_train_alike(cli, ae_spec, tmp_path):
     # SGD: Adam would turn rounding noise in gradients that are zero in exact arithmetic (the
     # attention's key bias) into full-size steps of either sign.
     for layout in ("channels_last", "contiguous"):
-        code, _, err = cli(ae_spec, *SGD_NO_NOISE, "--set", "train.checkpoint_every=4", "--set", f"name={layout}",
-                           "--set", f"runtime.memory_format={layout}")
+        code, _, err = cli(
+            ae_spec,
+            *SGD_NO_NOISE,
+            "--set",
+            "train.checkpoint_every=4",
+            "--set",
+            f"name={layout}",
+            "--set",
+            f"runtime.memory_format={layout}",
+        )
         assert code == 0, err
     a, b = (checkpoint(tmp_path / "runs" / layout, 4) for layout in ("channels_last", "contiguous"))
     for key in (k for k in a if k.startswith("model/")):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     assert [loss for _, loss in losses(tmp_path / "runs" / "channels_last")] == pytest.approx(
-        [loss for _, loss in losses(tmp_path / "runs" / "contiguous")], rel=1e-5)
+        [loss for _, loss in losses(tmp_path / "runs" / "contiguous")], rel=1e-5
+    )
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, ae_spec):
     def train(name, *extra):
-        proc = subprocess.run([sys.executable, "-m", "tasks.run", str(ae_spec), *SGD_NO_NOISE, "--set", f"name={name}", *extra],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasks.run", str(ae_spec), *SGD_NO_NOISE, "--set", f"name={name}", *extra],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
         return checkpoint(tmp_path / "runs" / name, 4)
 
@@ -221,8 +307,18 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, ae
 
 
 def test_a_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(ae_spec, tmp_path):
-    proc = start(ae_spec, tmp_path, "--set", "runtime.devices=2", "--set", "train.batch_size=4",
-                 "--set", "train.max_steps=100000", "--set", "train.checkpoint_every=100000")
+    proc = start(
+        ae_spec,
+        tmp_path,
+        "--set",
+        "runtime.devices=2",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.max_steps=100000",
+        "--set",
+        "train.checkpoint_every=100000",
+    )
     run = tmp_path / "runs" / "ae"
     wait_for_steps(run, 3, proc)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -232,7 +328,10 @@ def test_a_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(ae_spec, 
     assert proc.returncode == 3, err
     assert "stopped by a signal to another process" in err
     latest = (run / "checkpoints" / "latest").read_text()
-    assert sorted(k for k in checkpoint(run, int(latest[5:13])) if k.endswith("/torch")) == ["rng/0/torch", "rng/1/torch"]
+    assert sorted(k for k in checkpoint(run, int(latest[5:13])) if k.endswith("/torch")) == [
+        "rng/0/torch",
+        "rng/1/torch",
+    ]
     assert not Path(f"/proc/{children[0]}").exists() or open(f"/proc/{children[0]}/status").read().find("zombie") >= 0
 
 
@@ -240,10 +339,14 @@ def test_more_bad_input_is_one_sentence_exit_2_and_writes_nothing(cli, ae_spec, 
     code, _, err = cli(ae_spec, "--set", 'model={"name": "identity", "params": {"channels": 1}}')
     assert code == 2 and "has no trainable parameters; name a component with weights" in err
     (tmp_path / "w.safetensors").write_text("not weights")
-    code, _, err = cli(ae_spec, "--set", f'loss.perceptual={{"kind": "lpips", "weights_file": "{tmp_path / "w.safetensors"}"}}')
+    code, _, err = cli(
+        ae_spec, "--set", f'loss.perceptual={{"kind": "lpips", "weights_file": "{tmp_path / "w.safetensors"}"}}'
+    )
     assert code == 2 and "is not a safetensors file" in err
     code, _, err = cli(ae_spec, "--set", 'data={"name": "image_folder", "params": {"root": "ae.json", "size": 8}}')
-    assert code == 2 and "data.params: root 'ae.json' is not a folder" in err, "the JSON reading's error, not the string's"
+    assert code == 2 and "data.params: root 'ae.json' is not a folder" in err, (
+        "the JSON reading's error, not the string's"
+    )
     assert not (tmp_path / "runs").exists()
     assert "Traceback" not in err
 

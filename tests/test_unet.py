@@ -8,8 +8,14 @@ from core import Conditioning, load_registry
 from core.testing import DenoiserContract
 from plugins.unet import UNet, timestep_embedding
 
-TINY = {"model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1],
-        "norm_groups": 4, "num_heads": 2}
+TINY = {
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attention_levels": [1],
+    "norm_groups": 4,
+    "num_heads": 2,
+}
 
 
 class TestUNetUnconditional(DenoiserContract):
@@ -21,13 +27,24 @@ class TestUNetHybrid(DenoiserContract):
     """Cross-attention context, concat maps and a vector, all at once (the paper's hybrid conditioning)."""
 
     component = UNet
-    params = {**TINY, "in_channels": 4 + 3, "out_channels": 4, "context_dim": 6, "vector_dim": 5,
-              "transformer_depth": 2, "head_channels": 4, "scale_shift_norm": False, "prediction": "v"}
+    params = {
+        **TINY,
+        "in_channels": 4 + 3,
+        "out_channels": 4,
+        "context_dim": 6,
+        "vector_dim": 5,
+        "transformer_depth": 2,
+        "head_channels": 4,
+        "scale_shift_norm": False,
+        "prediction": "v",
+    }
 
     def condition(self, batch_size, generator):
-        return Conditioning(context=torch.randn(batch_size, 3, 6, generator=generator),
-                            concat=torch.randn(batch_size, 3, self.latent_size, self.latent_size, generator=generator),
-                            vector=torch.randn(batch_size, 5, generator=generator))
+        return Conditioning(
+            context=torch.randn(batch_size, 3, 6, generator=generator),
+            concat=torch.randn(batch_size, 3, self.latent_size, self.latent_size, generator=generator),
+            vector=torch.randn(batch_size, 5, generator=generator),
+        )
 
 
 def test_the_unet_is_registered_and_small_configs_are_small():
@@ -80,13 +97,19 @@ def test_conditioning_other_than_the_unet_was_built_for_is_refused():
         model(torch.randn(1, 4, 8, 8), torch.zeros(1), Conditioning())
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"norm_groups": 3}, r"norm_groups 3 does not divide the channel counts \[8, 16\] \(model_channels 8 x "
-                         r"channel_mult \[1, 2\]\); use norm_groups 8"),
-    ({"attention_levels": [2]}, r"attention_levels \[2\] do not exist: channel_mult \[1, 2\] has levels 0 to 1"),
-    ({"num_heads": 3}, r"num_heads 3 does not divide level 1's 16 channels"),
-    ({"head_channels": 5}, r"head_channels 5 does not divide level 1's 16 channels"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"norm_groups": 3},
+            r"norm_groups 3 does not divide the channel counts \[8, 16\] \(model_channels 8 x "
+            r"channel_mult \[1, 2\]\); use norm_groups 8",
+        ),
+        ({"attention_levels": [2]}, r"attention_levels \[2\] do not exist: channel_mult \[1, 2\] has levels 0 to 1"),
+        ({"num_heads": 3}, r"num_heads 3 does not divide level 1's 16 channels"),
+        ({"head_channels": 5}, r"head_channels 5 does not divide level 1's 16 channels"),
+    ],
+)
 def test_params_that_cannot_build_are_refused_with_the_fix(change, message):
     with pytest.raises(ValidationError, match=message):
         UNet.Params(**{**TINY, **change})

@@ -42,8 +42,10 @@ def keep_freed_memory() -> bool:
     """
     choice = os.environ.get(OPT_OUT, "1").strip().lower()
     if choice not in _YES + _NO:
-        raise UserError(f"{OPT_OUT}={os.environ[OPT_OUT]!r} is not understood; set it to 1 (keep freed memory, "
-                        "the default) or 0 (leave the C library's defaults)")
+        raise UserError(
+            f"{OPT_OUT}={os.environ[OPT_OUT]!r} is not understood; set it to 1 (keep freed memory, "
+            "the default) or 0 (leave the C library's defaults)"
+        )
     if choice in _NO or not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
         return False
     try:

@@ -85,8 +85,11 @@ def _encode(state: TrainingState) -> tuple[dict[str, Tensor], dict[str, str]]:
         kind, keys, pos, has_gauss, cached = rng["numpy"]
         tensors[f"rng/{rank}/numpy"] = torch.from_numpy(keys.astype(np.int64))
         version, internal, gauss = rng["python"]
-        meta[f"rng.{rank}"] = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
-                               "python": [version, list(internal), gauss], "cuda": len(rng["cuda"])}
+        meta[f"rng.{rank}"] = {
+            "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss],
+            "cuda": len(rng["cuda"]),
+        }
     tensors.update({f"extra/{key}": value for key, value in state.extra.items()})
     # safetensors refuses tensors that share memory (tied weights); store each one whole.
     seen: set[int] = set()
@@ -124,26 +127,39 @@ def _decode(tensors: dict[str, Tensor], raw_meta: dict[str, str]) -> TrainingSta
         info = meta[f"rng.{rank}"]
         kind, pos, has_gauss, cached = info["numpy"]
         version, internal, gauss = info["python"]
-        rng.append({
-            "torch": tensors[f"rng/{rank}/torch"],
-            "cuda": [tensors[f"rng/{rank}/cuda/{i}"] for i in range(info["cuda"])],
-            "python": (version, tuple(internal), gauss),
-            "numpy": (kind, tensors[f"rng/{rank}/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
-        })
-    return TrainingState(step=meta["step"], data_position=meta["data_position"], models=grouped["model"],
-                         ema=grouped["ema"], optimizers=optimizers, rng=rng, extra=grouped["extra"])
+        rng.append(
+            {
+                "torch": tensors[f"rng/{rank}/torch"],
+                "cuda": [tensors[f"rng/{rank}/cuda/{i}"] for i in range(info["cuda"])],
+                "python": (version, tuple(internal), gauss),
+                "numpy": (kind, tensors[f"rng/{rank}/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
+            }
+        )
+    return TrainingState(
+        step=meta["step"],
+        data_position=meta["data_position"],
+        models=grouped["model"],
+        ema=grouped["ema"],
+        optimizers=optimizers,
+        rng=rng,
+        extra=grouped["extra"],
+    )
 
 
 def _check_format(path: Path, meta: dict[str, str] | None) -> None:
     found = json.loads((meta or {}).get("format_version", "null"))
     if found != FORMAT_VERSION:
-        raise UserError(f"checkpoint {str(path)!r} has format version {found}, but this ldm-framework reads "
-                        f"version {FORMAT_VERSION}; use the ldm-framework that wrote it")
+        raise UserError(
+            f"checkpoint {str(path)!r} has format version {found}, but this ldm-framework reads "
+            f"version {FORMAT_VERSION}; use the ldm-framework that wrote it"
+        )
 
 
 def _unreadable(path: Path, exc: Exception) -> UserError:
-    return UserError(f"checkpoint {str(path)!r} cannot be read ({exc}); it was damaged after it was written: "
-                     "delete it to use the checkpoint before it")
+    return UserError(
+        f"checkpoint {str(path)!r} cannot be read ({exc}); it was damaged after it was written: "
+        "delete it to use the checkpoint before it"
+    )
 
 
 def read_state(path: Path) -> TrainingState:
@@ -168,9 +184,12 @@ def read_weights(path: Path, model: str, which: str = "ema") -> dict[str, Tensor
     with handle:
         _check_format(path, handle.metadata())
         keys = list(handle.keys())
-        for prefix in ([f"ema/{model}/", f"model/{model}/"] if which == "ema" else [f"model/{model}/"]):
-            found = {key.removeprefix(prefix): handle.get_tensor(key) for key in keys
-                     if key.startswith(prefix) and not key.endswith(f"/{UPDATES_KEY}")}
+        for prefix in [f"ema/{model}/", f"model/{model}/"] if which == "ema" else [f"model/{model}/"]:
+            found = {
+                key.removeprefix(prefix): handle.get_tensor(key)
+                for key in keys
+                if key.startswith(prefix) and not key.endswith(f"/{UPDATES_KEY}")
+            }
             if found:
                 return found
     stored = sorted({key.split("/")[1] for key in keys if key.startswith("model/")})
@@ -220,8 +239,9 @@ def _some(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: str,
-                 spec_differences: Sequence[str] = ()) -> None:
+def load_weights(
+    module: torch.nn.Module, weights: dict[str, Tensor], source: str, spec_differences: Sequence[str] = ()
+) -> None:
     """Load ``weights`` into ``module`` strictly; a :class:`UserError` grouping every mismatch.
 
     Missing keys, unexpected keys and keys of the wrong shape are listed together, so a
@@ -232,13 +252,20 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Tensor], source: st
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     # A module's extra state (e.g. a tokenizer as bytes) is its own business, of any length.
-    wrong = [f"{key} (checkpoint {tuple(weights[key].shape)}, model {tuple(value.shape)})"
-             for key, value in own.items()
-             if key in weights and not key.endswith("_extra_state") and weights[key].shape != value.shape]
-    problems = [f"{label}: {_some(keys)}" for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    wrong = [
+        f"{key} (checkpoint {tuple(weights[key].shape)}, model {tuple(value.shape)})"
+        for key, value in own.items()
+        if key in weights and not key.endswith("_extra_state") and weights[key].shape != value.shape
+    ]
+    problems = [
+        f"{label}: {_some(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
     if problems:
         made_for = f" ({_some(list(spec_differences))})" if spec_differences else ""
-        raise UserError(f"{source} does not fit the model ({'; '.join(problems)}); it was made for "
-                        f"another configuration{made_for}: use the spec it was trained with")
+        raise UserError(
+            f"{source} does not fit the model ({'; '.join(problems)}); it was made for "
+            f"another configuration{made_for}: use the spec it was trained with"
+        )
     module.load_state_dict(weights, strict=True)

@@ -29,7 +29,8 @@ class StepBatches:
         if self.per_epoch == 0:
             raise UserError(
                 f"train.batch_size: {batch_size} per process x {world_size} process(es) is more than the "
-                f"{size} examples of the dataset; use a batch size of at most {size // world_size}")
+                f"{size} examples of the dataset; use a batch size of at most {size // world_size}"
+            )
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def indices(self, k: int) -> list[int]:
@@ -39,7 +40,7 @@ class StepBatches:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.size, generator=generator)
         first = (j * self.world_size + self.rank) * self.batch_size
-        return self._order[first: first + self.batch_size].tolist()
+        return self._order[first : first + self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         k = self.start

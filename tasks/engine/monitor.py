@@ -36,15 +36,20 @@ class Monitor:
         self.run = run
         # A resumed run re-does the steps after its checkpoint: drop what they logged before.
         self.writer = SummaryWriter(str(run.tensorboard), purge_step=start if start else None)
-        kept = [line for line in (run.metrics.read_text().splitlines() if run.metrics.is_file() else [])
-                if _step_of(line) <= start]
+        kept = [
+            line
+            for line in (run.metrics.read_text().splitlines() if run.metrics.is_file() else [])
+            if _step_of(line) <= start
+        ]
         atomic_write(run.metrics, "".join(f"{line}\n" for line in kept).encode())
         self.metrics = open(run.metrics, "a", encoding="utf-8")
         if start == 0:
             self.writer.add_text("spec", f"```json\n{json.dumps(spec, indent=2)}\n```")
             # TensorBoard's hparams take scalars and strings only: lists and nulls go as JSON.
-            hparams = {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-                       for key, value in flatten(spec).items()}
+            hparams = {
+                key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+                for key, value in flatten(spec).items()
+            }
             self.writer.add_hparams(hparams, {}, run_name=".")
         self.bar = tqdm(total=max_steps, initial=start, desc=run.root.name, unit="step", dynamic_ncols=True)
 

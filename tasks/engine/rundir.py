@@ -89,8 +89,9 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def show(flat: dict[str, Any], key: str) -> str:
         return json.dumps(flat[key]) if key in flat else "(absent)"
 
-    return [f"{key}: {show(a, key)} -> {show(b, key)}"
-            for key in sorted(set(a) | set(b)) if show(a, key) != show(b, key)]
+    return [
+        f"{key}: {show(a, key)} -> {show(b, key)}" for key in sorted(set(a) | set(b)) if show(a, key) != show(b, key)
+    ]
 
 
 NOT_ARCHITECTURE = {"spec_version", "task", "name", "seed", "runtime", "data", "train", "sampling"}
@@ -100,6 +101,7 @@ NOT_ARCHITECTURE = {"spec_version", "task", "name", "seed", "runtime", "data", "
 def architecture_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """:func:`spec_changes` in the fields that shape the weights (the model, its loss, the
     first stage, denoiser and conditioners), e.g. why one run's checkpoint does not fit another."""
+
     def keep(spec: dict[str, Any]) -> dict[str, Any]:
         return {key: value for key, value in spec.items() if key not in NOT_ARCHITECTURE}
 
@@ -132,8 +134,9 @@ def environment_stamp(registry: LoadedRegistry, world_size: int, reads: list[str
         "torch": torch.__version__,
         "ldm-framework": own,
         "git": _git_revision(),
-        "plugins": [{"plugin": o.plugin, "distribution": o.distribution, "version": o.version}
-                    for o in registry.report.loaded],
+        "plugins": [
+            {"plugin": o.plugin, "distribution": o.distribution, "version": o.version} for o in registry.report.loaded
+        ],
         "world_size": world_size,
         "reads": reads,
     }
@@ -161,8 +164,13 @@ def _abandoned(run: RunDir) -> bool:
     return not run.spec.exists() and not any(p.is_file() for p in run.root.rglob("*"))
 
 
-def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: bool,
-                  read_as_now: Callable[[dict[str, Any]], dict[str, Any]] = lambda stored: stored) -> RunDir:
+def check_run_dir(
+    runs_dir: Path,
+    name: str,
+    resolved: dict[str, Any],
+    resume: bool,
+    read_as_now: Callable[[dict[str, Any]], dict[str, Any]] = lambda stored: stored,
+) -> RunDir:
     """The run directory for ``name``, checked against ``--resume``; writes nothing.
 
     A :class:`UserError` if a new run would overwrite one (a folder left by a start killed
@@ -174,17 +182,22 @@ def check_run_dir(runs_dir: Path, name: str, resolved: dict[str, Any], resume: b
     run = RunDir(runs_dir / name)
     if not resume:
         if run.root.exists() and not _abandoned(run):
-            raise UserError(f"run directory {str(run.root)!r} already exists; continue it with --resume "
-                            "or choose another name (--set name=...)")
+            raise UserError(
+                f"run directory {str(run.root)!r} already exists; continue it with --resume "
+                "or choose another name (--set name=...)"
+            )
         return run
     if not run.spec.is_file():
-        raise UserError(f"--resume: {str(run.root)!r} is not a run directory (no spec.json); "
-                        "start it without --resume")
-    changes = [c for c in spec_changes(read_as_now(run.stored_spec()), resolved) if c.split(":")[0] not in RESUMABLE_CHANGES]
+        raise UserError(f"--resume: {str(run.root)!r} is not a run directory (no spec.json); start it without --resume")
+    changes = [
+        c for c in spec_changes(read_as_now(run.stored_spec()), resolved) if c.split(":")[0] not in RESUMABLE_CHANGES
+    ]
     if changes:
-        raise UserError(f"--resume: the spec differs from the one {str(run.root)!r} was started with "
-                        f"({'; '.join(changes)}); resume with the original spec (only "
-                        f"{', '.join(sorted(RESUMABLE_CHANGES))} may change) or start a new run under another name")
+        raise UserError(
+            f"--resume: the spec differs from the one {str(run.root)!r} was started with "
+            f"({'; '.join(changes)}); resume with the original spec (only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change) or start a new run under another name"
+        )
     return run
 
 

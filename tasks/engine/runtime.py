@@ -28,9 +28,11 @@ def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     elif accelerator == "gpu":
         accelerator = "cuda" if cuda else "mps" if mps else "gpu"
     if accelerator in ("cuda", "gpu") and not cuda:
-        raise _refuse("accelerator", runtime.accelerator, "needs a CUDA GPU and none is visible", "use \"cpu\" or \"auto\"")
+        raise _refuse("accelerator", runtime.accelerator, "needs a CUDA GPU and none is visible", 'use "cpu" or "auto"')
     if accelerator == "mps" and not mps:
-        raise _refuse("accelerator", runtime.accelerator, "needs Apple's MPS and it is not available", "use \"cpu\" or \"auto\"")
+        raise _refuse(
+            "accelerator", runtime.accelerator, "needs Apple's MPS and it is not available", 'use "cpu" or "auto"'
+        )
     if accelerator == "cuda" and runtime.devices > cuda:
         raise _refuse("devices", runtime.devices, f"exceeds the {cuda} visible CUDA device(s)", f"use at most {cuda}")
     if accelerator == "mps" and runtime.devices > 1:
@@ -41,18 +43,30 @@ def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     if strategy == "auto":
         strategy = "ddp" if processes > 1 else "single_device"
     if strategy == "single_device" and processes > 1:
-        raise _refuse("strategy", strategy, f"runs one process but devices x num_nodes is {processes}",
-                      "use \"ddp\" or \"auto\", or set devices to 1")
+        raise _refuse(
+            "strategy",
+            strategy,
+            f"runs one process but devices x num_nodes is {processes}",
+            'use "ddp" or "auto", or set devices to 1',
+        )
     if strategy == "fsdp":
         # FSDP shards the weights; our checkpoint writer saves whole state dicts, and the two
         # are not joined yet, so refuse rather than write checkpoints that cannot be resumed.
-        raise _refuse("strategy", strategy, "is not supported by this version's checkpoints",
-                      "use \"ddp\" (every process holds the whole model)")
+        raise _refuse(
+            "strategy",
+            strategy,
+            "is not supported by this version's checkpoints",
+            'use "ddp" (every process holds the whole model)',
+        )
     if runtime.precision == "16-mixed" and accelerator == "cpu":
-        raise _refuse("precision", runtime.precision, "needs a GPU (CPUs have no float16 autocast)",
-                      "use \"bf16-mixed\" or \"32-true\" on a CPU")
+        raise _refuse(
+            "precision",
+            runtime.precision,
+            "needs a GPU (CPUs have no float16 autocast)",
+            'use "bf16-mixed" or "32-true" on a CPU',
+        )
     if runtime.precision == "bf16-mixed" and accelerator == "cuda" and not torch.cuda.is_bf16_supported():
-        raise _refuse("precision", runtime.precision, "is not supported by this GPU", "use \"16-mixed\" or \"32-true\"")
+        raise _refuse("precision", runtime.precision, "is not supported by this GPU", 'use "16-mixed" or "32-true"')
     return runtime.model_copy(update={"accelerator": accelerator, "strategy": strategy})
 
 

@@ -34,7 +34,9 @@ class EmaSpec(SpecModel):
     """An exponential moving average of the weights, used for sampling and saved beside them."""
 
     decay: float = Field(0.9999, gt=0.0, lt=1.0)
-    warmup: bool = Field(True, description="Use min(decay, (1 + n) / (10 + n)) after n updates, as the paper's code does.")
+    warmup: bool = Field(
+        True, description="Use min(decay, (1 + n) / (10 + n)) after n updates, as the paper's code does."
+    )
 
 
 class TrainSpec(SpecModel):

@@ -136,8 +136,9 @@ def _mean_over_processes(fabric: Fabric, values: dict[str, float]) -> dict[str, 
     return dict(zip(keys, total.tolist()))
 
 
-def _backward(fabric: Fabric, objective: Objective, name: str, micro: list[dict[str, Any]],
-              step: int) -> tuple[float, dict[str, float]]:
+def _backward(
+    fabric: Fabric, objective: Objective, name: str, micro: list[dict[str, Any]], step: int
+) -> tuple[float, dict[str, float]]:
     """Accumulate the gradients of optimiser ``name``'s loss over the micro-batches.
 
     Processes synchronise gradients only on the last micro-batch. Returns the loss and its
@@ -154,8 +155,9 @@ def _backward(fabric: Fabric, objective: Objective, name: str, micro: list[dict[
     return total, terms
 
 
-def _finish(fabric: Fabric, objective: Objective, originals: dict[str, nn.Module], emas: dict[str, Ema],
-            run_dir: Path) -> dict[str, Tensor]:
+def _finish(
+    fabric: Fabric, objective: Objective, originals: dict[str, nn.Module], emas: dict[str, Ema], run_dir: Path
+) -> dict[str, Tensor]:
     """Run :meth:`Objective.finish` on the downstream weights, leaving the training state as it was."""
     rng = capture_rng()
     models = {name: emas[name].model if name in emas else module for name, module in originals.items()}
@@ -181,9 +183,12 @@ def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]) -> tuple[RunDir, Path | None, list[Path]]:
+def _prepare_run(
+    spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]
+) -> tuple[RunDir, Path | None, list[Path]]:
     """Rank 0's checks before anything is written: the run directory, the checkpoint to resume,
     the runs ``init_from`` reads. Raises :class:`UserError`."""
+
     def read_as_now(stored: dict[str, Any]) -> dict[str, Any]:
         try:
             return type(spec).model_validate(stored, context={"registry": ctx.registry}).model_dump(mode="json")
@@ -197,14 +202,20 @@ def _prepare_run(spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, An
         source = ctx.runs_dir / spec.train.init_from.run
         latest = Checkpoints(source / "checkpoints", 1).latest()
         if latest is None:
-            raise UserError(f"train.init_from.run: {spec.train.init_from.run!r} has no checkpoint in "
-                            f"{str(source / 'checkpoints')!r}; train it first or name another run")
+            raise UserError(
+                f"train.init_from.run: {spec.train.init_from.run!r} has no checkpoint in "
+                f"{str(source / 'checkpoints')!r}; train it first or name another run"
+            )
         reads.append(latest)
     return run, resume_from, reads
 
 
-def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTaskSpec, Dataset], Objective],
-          reads: Sequence[Path] = ()) -> Path:
+def train(
+    spec: TrainingTaskSpec,
+    ctx: RunContext,
+    build: Callable[[TrainingTaskSpec, Dataset], Objective],
+    reads: Sequence[Path] = (),
+) -> Path:
     """Run ``spec``'s training to ``train.max_steps``; return the last checkpoint's path.
 
     ``reads`` are the checkpoints of other runs the task uses (e.g. a frozen first stage),
@@ -237,8 +248,10 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
     originals = dict(objective.nets)
     for name, module in originals.items():
         if not any(p.requires_grad for p in module.parameters()):
-            raise UserError(f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
-                            "name a component with weights (e.g. an autoencoder instead of identity)")
+            raise UserError(
+                f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
+                "name a component with weights (e.g. an autoencoder instead of identity)"
+            )
     for path in init_reads:
         theirs = path.parent.parent / "spec.json"
         differs = architecture_changes(json.loads(theirs.read_text()), resolved) if theirs.is_file() else []
@@ -274,8 +287,9 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
         fabric.seed_everything(spec.seed * 7919 + 101 + fabric.global_rank, verbose=False)
 
     checkpoints = Checkpoints(run.checkpoints, cfg.keep_checkpoints)
-    batches = StepBatches(len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed,
-                          start=position)
+    batches = StepBatches(
+        len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed, start=position
+    )
     # Every check that can refuse the run has passed: only now is anything written.
     if fabric.is_global_zero:
         read = [str(p) for p in (*init_reads, *reads)]
@@ -293,14 +307,17 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
             torch.distributed.all_gather_object(rngs, capture_rng())
         path = checkpoints.path_for(step)
         if fabric.is_global_zero:
-            checkpoints.save(TrainingState(
-                step=step, data_position=step * cfg.accumulate,
-                models={n: m.state_dict() for n, m in originals.items()},
-                ema={n: e.state_dict() for n, e in emas.items()},
-                optimizers={n: o.state_dict() for n, o in optimizers.items()},
-                rng=rngs,
-                extra=extra or {},
-            ))
+            checkpoints.save(
+                TrainingState(
+                    step=step,
+                    data_position=step * cfg.accumulate,
+                    models={n: m.state_dict() for n, m in originals.items()},
+                    ema={n: e.state_dict() for n, e in emas.items()},
+                    optimizers={n: o.state_dict() for n, o in optimizers.items()},
+                    rng=rngs,
+                    extra=extra or {},
+                )
+            )
         fabric.barrier()
         return path
 
@@ -319,16 +336,20 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                         other.zero_grad(set_to_none=True)
                     loss_total, terms = _backward(fabric, objective, name, micro, step)
                     # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
-                    norm = fabric.clip_gradients(objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf,
-                                                 error_if_nonfinite=False)
-                    bad_loss, bad_norm = _agree(fabric, not math.isfinite(loss_total), not fp16 and not torch.isfinite(norm))
+                    norm = fabric.clip_gradients(
+                        objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
+                    )
+                    bad_loss, bad_norm = _agree(
+                        fabric, not math.isfinite(loss_total), not fp16 and not torch.isfinite(norm)
+                    )
                     if bad_loss or bad_norm:
                         what = "loss" if bad_loss else "gradient norm"
                         kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
                         raise TrainingFailed(
                             f"the {what} of {name!r} is not finite at step {step + 1} (terms: "
                             f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); stopped before updating "
-                            f"the weights; {kept}; lower the learning rate or check the data")
+                            f"the weights; {kept}; lower the learning rate or check the data"
+                        )
                     optimizer.step()
                     if name in emas:
                         emas[name].update(originals[name])
@@ -356,8 +377,9 @@ def train(spec: TrainingTaskSpec, ctx: RunContext, build: Callable[[TrainingTask
                     last = save(done, extra)
                 if stopping:
                     cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
-                    raise Interrupted(f"stopped by {cause} at step {done}; checkpoint {str(last)!r} written; "
-                                      "continue with --resume")
+                    raise Interrupted(
+                        f"stopped by {cause} at step {done}; checkpoint {str(last)!r} written; continue with --resume"
+                    )
     finally:
         monitor.close()
     return last
