@@ -27,11 +27,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import load_registry
-from core.validation import validate_task
-from tasks.catalog import spec_models
-from tasks.context import RunContext
-from tasks.train_autoencoder import AutoencoderObjective
-from tasks.engine import train
+from tasks.autoencoder.train import AutoencoderObjective
+from tasks.cli.catalog import context, spec_models
+from tasks.engine.trainer import train
+from tasks.runs.validation import validate_task
 
 WARMUP = 10
 
@@ -88,7 +87,7 @@ def bare(spec, steps: int, device: str) -> float:
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            for shadow, weight in zip(ema.parameters(), model.parameters()):
+            for shadow, weight in zip(ema.parameters(), model.parameters(), strict=True):
                 shadow.lerp_(weight, 1 - 0.999)
         loss.item()
         stamps.append(time.perf_counter())
@@ -98,7 +97,7 @@ def bare(spec, steps: int, device: str) -> float:
 def engine(spec, steps: int) -> float:
     """Seconds per step of ``tasks.engine.train`` on the same work (from its own step log)."""
     with tempfile.TemporaryDirectory() as runs:
-        ctx = RunContext(registry=load_registry(), runs_dir=Path(runs))
+        ctx = context(load_registry(), Path(runs))
         train(spec, ctx, AutoencoderObjective)
         # One line per WARMUP steps, each with the rate since the previous line: skip the first.
         rates = [

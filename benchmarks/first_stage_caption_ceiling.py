@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from core import load_registry
-from tasks.context import RunContext
-from tasks.engine.specs import RunRef
-from tasks.runs import load_trained, run_spec
+from tasks.autoencoder.spec import TrainAutoencoderSpec
+from tasks.cli.catalog import context
+from tasks.runs.spec import RunRef
+from tasks.runs.trained import load_trained, run_spec
 
 
 def main() -> None:
@@ -24,9 +25,9 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--count", type=int, default=200, help="examples of each object count")
     args = parser.parse_args()
-    ctx = RunContext(registry=load_registry(), runs_dir=args.runs_dir)
+    ctx = context(load_registry(), args.runs_dir)
     ref = RunRef(run=args.run)
-    first = load_trained(ref, ctx, "first_stage", "model").module
+    first = load_trained(ref, ctx, "model", TrainAutoencoderSpec, "first_stage").module
     data_spec = run_spec(ref, ctx, "run").data
     val = data_spec.model_copy(update={"params": data_spec.params.model_copy(update={"split": "val"})}).build()
     examples = [val[i] for i in range(len(val))]

@@ -25,8 +25,8 @@ import torch
 
 from core import Sampler, load_registry
 from core.closed_form import GaussianData
-from core.diffusion import NoiseSchedule, beta_schedule
-from core.sampling import SPACINGS, Spacing, sigmas
+from core.diffusion import SPACINGS, NoiseSchedule, Spacing, beta_schedule
+from core.sampling import sigmas
 
 BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 SCHEDULE = NoiseSchedule(beta_schedule("scaled_linear", 1000, 0.00085, 0.012))
@@ -122,7 +122,8 @@ def run_peer(
     **step_options,
 ) -> torch.Tensor:
     """diffusers' sampling loop with the exact eps model, started from the true marginal at
-    its first step; ``step_options`` go to each ``scheduler.step`` (e.g. DDIM's eta). Returns the scheduler's own final sample (what its users decode) and
+    its first step; ``step_options`` go to each ``scheduler.step`` (e.g. DDIM's eta).
+    Returns the scheduler's own final sample (what its users decode) and
     appends every intermediate one to ``trajectory``: the DDPM form x_t for schedulers that
     work in it, the variance-exploding x for the Euler and Heun ones."""
     sigma_first = _first_sigma(scheduler)

@@ -24,23 +24,19 @@ from core.loader import load_registry, make_plugin_manager
 from core.params import Params, SpecModel
 from core.registry import Registry
 from core.specs import (
-    SPEC_VERSION,
     ComponentSpec,
     ConditionerSpec,
     DatasetSpec,
     DenoiserSpec,
     FirstStageSpec,
     RegularizerSpec,
-    RuntimeSpec,
     SamplerSpec,
-    TaskSpec,
 )
 from core.version import PLUGIN_API_VERSION, PluginAPIError, require_plugin_api
 
 __all__ = [
     "INTERFACES",
     "PLUGIN_API_VERSION",
-    "SPEC_VERSION",
     "Component",
     "ComponentSpec",
     "Conditioner",
@@ -61,12 +57,10 @@ __all__ = [
     "Regularizer",
     "RegularizerSpec",
     "Registry",
-    "RuntimeSpec",
     "Sampler",
     "SamplerSpec",
     "SpecError",
     "SpecModel",
-    "TaskSpec",
     "UserError",
     "hookimpl",
     "hookspec",

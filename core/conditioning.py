@@ -55,7 +55,7 @@ class ConditioningShape:
         conditioner (by ``names``, if given) with its width.
         """
         names = list(names) if names is not None else [f"#{i}" for i in range(len(shapes))]
-        contexts = {name: s.context for name, s in zip(names, shapes) if s.context is not None}
+        contexts = {name: s.context for name, s in zip(names, shapes, strict=True) if s.context is not None}
         if len(set(contexts.values())) > 1:
             listed = ", ".join(f"{name} gives {width}" for name, width in contexts.items())
             raise ValueError(
@@ -70,6 +70,20 @@ class ConditioningShape:
         return ConditioningShape(
             context=next(iter(contexts.values()), None), concat=total("concat"), vector=total("vector")
         )
+
+    def mismatches(self, given: Conditioning) -> list[str]:
+        """How ``given`` (what a forward pass returned) departs from this declaration, one phrase
+        per part (e.g. ``"declares a vector of width 16 but gave one shaped (8, 8)"``); empty if it agrees."""
+        found = []
+        for part in PARTS:
+            width, tensor = getattr(self, part), getattr(given, part)
+            if width is None and tensor is not None:
+                found.append(f"declares no {part} but gave one shaped {tuple(tensor.shape)}")
+            elif width is not None and tensor is None:
+                found.append(f"declares a {part} of width {width} but gave none")
+            elif width is not None and tensor.shape[_WIDTH_AXIS[part]] != width:
+                found.append(f"declares a {part} of width {width} but gave one shaped {tuple(tensor.shape)}")
+        return found
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ k-diffusion's variance-exploding form is ``x_t / sqrt(alpha_bar_t) = x_0 + sigma
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from torch import Tensor
 ScheduleKind = Literal["linear", "scaled_linear", "cosine"]
 Prediction = Literal["eps", "x0", "v"]
 TimestepSampling = Literal["uniform", "logit_normal"]
+Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
+"""How a sampler's steps are placed among the T timesteps (see :func:`core.sampling.timesteps`)."""
+SPACINGS: tuple[Spacing, ...] = get_args(Spacing)
 
 
 def beta_schedule(kind: ScheduleKind, steps: int, beta_start: float = 0.0015, beta_end: float = 0.0195) -> Tensor:

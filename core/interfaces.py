@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from core.conditioning import Conditioning, ConditioningShape
+from core.diffusion import Spacing
 from core.params import Params
-from core.sampling import Spacing
 
 
 class Component:

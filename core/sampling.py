@@ -9,18 +9,13 @@ the parameterisation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from core.diffusion import NoiseSchedule, Prediction
+from core.diffusion import SPACINGS, NoiseSchedule, Prediction, Spacing
+from core.interfaces import DenoiseFn, Sampler
 
-if TYPE_CHECKING:
-    from core.interfaces import DenoiseFn, Sampler
-
-Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
-SPACINGS: tuple[Spacing, ...] = get_args(Spacing)
 KARRAS_RHO = 7.0
 Generators = torch.Generator | list[torch.Generator] | None
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from core.conditioning import PARTS, Conditioning
 from core.interfaces import Component, Conditioner, Denoiser, FirstStage
+from core.loader import load_registry
 from core.params import Params
 
 SEED = 1234
@@ -67,8 +68,6 @@ class ComponentContract:
     def context(self) -> dict[str, Any]:
         """Validation context: the registry of every installed plugin, so that params may name
         other components (e.g. an autoencoder's regulariser)."""
-        from core.loader import load_registry
-
         cls = type(self)
         if "_registry" not in cls.__dict__:
             cls._registry = load_registry()
@@ -185,7 +184,8 @@ class ConditionerContract(ComponentContract):
         module = self.build()
         for batch_size in (1, 3):
             cond = module(self.example(batch_size, torch.Generator().manual_seed(SEED)))
-            assert cond.shape == declared, f"produces() declares {declared}, forward gave {cond.shape}"
+            wrong = declared.mismatches(cond)
+            assert not wrong, f"{self.component.__name__} {'; '.join(wrong)} (produces() and forward() must agree)"
             assert cond.batch_size == batch_size, f"batch of {batch_size} gave batch size {cond.batch_size}"
 
     def test_unconditional_is_shaped_like_the_condition(self) -> None:

@@ -134,7 +134,7 @@ class FrozenTextEncoder(Conditioner):
             self._cache.clear()  # moved or cast since they were encoded
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
-            self._cache.update(zip(missing, self.bert(*self.token_ids(missing))))
+            self._cache.update(zip(missing, self.bert(*self.token_ids(missing)), strict=True))
         states = torch.stack([self._cache[c] for c in captions])
         for caption in dict.fromkeys(captions):
             self._cache.move_to_end(caption)

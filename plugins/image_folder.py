@@ -134,7 +134,8 @@ class ImageFolder(Dataset):
         if p.captions and not path.with_suffix(".txt").is_file():
             return f"image file {str(path)!r} has no caption file {str(path.with_suffix('.txt'))!r}"
         if p.segmentation_root and not (p.segmentation_root / relative).with_suffix(".png").is_file():
-            return f"image file {str(path)!r} has no segmentation map {str((p.segmentation_root / relative).with_suffix('.png'))!r}"
+            wanted = str((p.segmentation_root / relative).with_suffix(".png"))
+            return f"image file {str(path)!r} has no segmentation map {wanted!r}"
         return None
 
     def __len__(self) -> int:

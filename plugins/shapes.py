@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 from pydantic import Field, PositiveInt, model_validator
+from torch import Tensor
 
 from core import Dataset, ExampleShape
 from core.data import DataParams, fields_with_lowres, split_indices, with_lowres

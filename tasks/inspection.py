@@ -7,12 +7,11 @@ parameter count and what it declares it produces. It writes no run directory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
-
-from pydantic import field_validator
-from pydantic_core import PydanticCustomError
+from typing import Literal
 
 import torch
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError
 
 from core import (
     ComponentSpec,
@@ -21,11 +20,9 @@ from core import (
     DenoiserSpec,
     FirstStageSpec,
     SamplerSpec,
-    TaskSpec,
 )
-
-if TYPE_CHECKING:
-    from tasks.context import RunContext
+from tasks.runs.context import RunContext
+from tasks.runs.spec import TaskSpec
 
 
 class InspectSpec(TaskSpec):
@@ -97,6 +94,6 @@ def run(spec: InspectSpec, ctx: RunContext) -> None:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=ctx.out)
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=ctx.out)
     if spec.conditioners:
         print(f"combined conditioning: {_parts(combined_shape(spec.conditioners))}", file=ctx.out)

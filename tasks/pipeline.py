@@ -10,22 +10,22 @@ stages that finished, resumes the one that was stopped, and goes on.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from core import TaskSpec, UserError
-from tasks.context import RunContext
-from tasks.engine.checkpoint import Checkpoints
-from tasks.engine.rundir import RunDir
-from tasks.engine.specs import RunRef
+from core import UserError
+from tasks.engine.specs import TrainingTaskSpec
+from tasks.runs.checkpoint import Checkpoints
+from tasks.runs.context import RunContext
+from tasks.runs.rundir import RunDir
+from tasks.runs.spec import RunRef, TaskSpec
 
 
 def _valid_stage(stage: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     """A stage must validate as the spec of its task (any task but ``pipeline``)."""
-    from tasks.catalog import spec_models  # the catalog lists this task too
-
-    models = {name: model for name, model in spec_models().items() if name != "pipeline"}
+    models = {name: model for name, model in info.context["tasks"].items() if name != "pipeline"}
     task = stage.get("task")
     if not isinstance(task, str) or task not in models:
         raise ValueError(f"a stage's task is one of {', '.join(sorted(models))}, got {task!r}")
@@ -70,13 +70,10 @@ class PipelineSpec(TaskSpec):
             )
         return stages
 
-    def stage_specs(self, registry: Any) -> list[TaskSpec]:
+    def stage_specs(self, ctx: RunContext) -> list[TaskSpec]:
         """Each stage validated as its task's spec."""
-        from tasks.catalog import spec_models
-
-        return [
-            spec_models()[stage["task"]].model_validate(stage, context={"registry": registry}) for stage in self.stages
-        ]
+        context = {"registry": ctx.registry, "tasks": ctx.catalogue.specs}
+        return [ctx.catalogue.specs[stage["task"]].model_validate(stage, context=context) for stage in self.stages]
 
 
 def finished(spec: TaskSpec, ctx: RunContext) -> bool | None:
@@ -84,26 +81,22 @@ def finished(spec: TaskSpec, ctx: RunContext) -> bool | None:
     run = RunDir(ctx.runs_dir / spec.name)
     if not run.spec.is_file():
         return None
-    train = getattr(spec, "train", None)
-    if train is None:
+    if not isinstance(spec, TrainingTaskSpec):
         return True  # single-shot tasks write their run directory only once their work is done
-    latest = Checkpoints(run.checkpoints, train.keep_checkpoints).latest()
-    return latest is not None and latest == Checkpoints(run.checkpoints, 1).path_for(train.max_steps)
+    latest = Checkpoints(run.checkpoints, spec.train.keep_checkpoints).latest()
+    return latest is not None and latest == Checkpoints(run.checkpoints, 1).path_for(spec.train.max_steps)
 
 
 def _runs_read(stage: TaskSpec) -> list[tuple[str, str]]:
     """(field, run name) of every other run a stage reads."""
     found = [(name, value.run) for name, value in stage if isinstance(value, RunRef)]
-    init = getattr(getattr(stage, "train", None), "init_from", None)
+    init = stage.train.init_from if isinstance(stage, TrainingTaskSpec) else None
     return found + ([("train.init_from", init.run)] if init is not None else [])
 
 
-def run(spec: PipelineSpec, ctx: RunContext) -> None:
-    """Run each stage that has not finished, resuming one that was stopped."""
-    from tasks.catalog import TASKS
-
-    stages = spec.stage_specs(ctx.registry)
-    for index, stage in enumerate(stages):  # a missing run found now, not after the stages before it ran
+def _check_reads(stages: list[TaskSpec], ctx: RunContext) -> None:
+    """A run a stage reads that is neither an earlier stage nor on disk is found before any stage runs."""
+    for index, stage in enumerate(stages):
         earlier = {s.name for s in stages[:index]}
         for field, name in _runs_read(stage):
             if name not in earlier and not (ctx.runs_dir / name / "spec.json").is_file():
@@ -111,14 +104,35 @@ def run(spec: PipelineSpec, ctx: RunContext) -> None:
                     f"stages.{index}.{field}: {name!r} is neither an earlier stage nor a run in "
                     f"{str(ctx.runs_dir)!r}; name an earlier stage or train that run first"
                 )
+
+
+def resolve_pipeline(spec: PipelineSpec, ctx: RunContext) -> PipelineSpec:
+    """``spec`` with every stage as its run will store it (:meth:`Catalogue.resolve`), each
+    stage resolved in the light of the earlier ones (planned, not yet run)."""
+    stages = spec.stage_specs(ctx)
+    _check_reads(stages, ctx)
+    resolved: list[TaskSpec] = []
+    for stage in stages:
+        planned = {**ctx.planned, **{s.name: s for s in resolved}}
+        try:
+            resolved.append(ctx.catalogue.resolve(stage, replace(ctx, planned=planned)))
+        except UserError as exc:
+            raise UserError(f"stage {stage.name!r}: {exc}") from None
+    return spec.model_copy(update={"stages": [s.model_dump(mode="json") for s in resolved]})
+
+
+def run(spec: PipelineSpec, ctx: RunContext) -> None:
+    """Run each stage that has not finished, resuming one that was stopped."""
+    stages = spec.stage_specs(ctx)
+    _check_reads(stages, ctx)
     for index, stage in enumerate(stages):
         state = finished(stage, ctx)
+        where = f"stage {index + 1}/{len(stages)} {stage.name!r} ({stage.task})"
         if state:
-            print(f"stage {index + 1}/{len(stages)} {stage.name!r} ({stage.task}): done earlier, skipped", file=ctx.out)
+            print(f"{where}: done earlier, skipped", file=ctx.out)
             continue
-        verb = "resuming" if state is False else "running"
-        print(f"stage {index + 1}/{len(stages)} {stage.name!r} ({stage.task}): {verb}", file=ctx.out)
+        print(f"{where}: {'resuming' if state is False else 'running'}", file=ctx.out)
         try:
-            TASKS[stage.task].run(stage, RunContext(ctx.registry, ctx.runs_dir, resume=state is False, out=ctx.out))
+            ctx.catalogue.run(stage, replace(ctx, resume=state is False))
         except UserError as exc:
             raise UserError(f"stage {stage.name!r}: {exc}") from None

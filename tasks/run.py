@@ -1,41 +1,33 @@
 """``python -m tasks.run SPEC.json`` (also the ``ldm`` command): validate a spec, then run it.
 
-Exit codes: 0 done; 1 a failure while running (e.g. the disk filled up); 2 the input is wrong (one message naming the
-field, the value and the fix; nothing run, nothing written); 3 stopped by SIGTERM or SIGINT
-after writing a checkpoint (``--resume`` continues).
+Exit codes: 0 done; 1 a failure while running (e.g. the disk filled up); 2 the input is wrong
+(one message naming the field, the value and the fix; nothing run, nothing written); 3
+stopped by SIGTERM or SIGINT after writing a checkpoint (``--resume`` continues).
 
 This module is also Lightning Fabric's launch target: a multi-process run re-runs the same
 command once per extra process, so nothing here has side effects before a task launches.
-Only global rank 0 prints.
+Only global rank 0 prints. It imports only the standard library, so that ``--help`` answers
+at once; :mod:`tasks.cli.command` (torch, the registry, the specs) is imported after parsing,
+and a task's own modules only when that task runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core import INTERFACES, UserError, load_registry
-from core.loader import AUTOLOAD_SWITCH, LoadedRegistry
-from core.validation import read_spec_file, task_schema, validate_task
-from tasks.catalog import TASKS, spec_models
-from tasks.context import RunContext
-from tasks.engine import EXIT_INTERRUPTED, Interrupted, TrainingFailed
-from tasks.engine.allocator import keep_freed_memory
-from tasks.engine.runtime import is_rank_zero
-from tasks.overrides import resolve
-
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+AUTOLOAD_SWITCH = "LDM_DISABLE_PLUGIN_AUTOLOAD"
+"""core.loader.AUTOLOAD_SWITCH, repeated so that --help imports nothing (a test keeps them equal)."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tasks.run",
         description="Run a latent-diffusion task described by a JSON spec (see configs/).",
-        epilog=f"Exit codes: 0 done, 1 failed while running, 2 bad input. Set {AUTOLOAD_SWITCH}=1 "
-        "to load only the built-in components.",
+        epilog=f"Exit codes: 0 done, 1 failed while running, 2 bad input, 3 interrupted after a checkpoint. "
+        f"Set {AUTOLOAD_SWITCH}=1 to load only the built-in components.",
     )
     parser.add_argument("spec", nargs="?", help="path of the task spec (JSON)")
     parser.add_argument(
@@ -48,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate and print the resolved spec with every default filled in; build nothing",
+        help="validate and print the resolved spec of every stage with every default and size filled in; build nothing",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run named in the spec from its latest checkpoint"
@@ -69,65 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _list(registry: LoadedRegistry) -> str:
-    lines = []
-    for kind in INTERFACES:
-        lines.append(kind)
-        entries = registry.entries(kind)
-        width = max((len(e.name) for e in entries), default=0)
-        lines += [f"  {e.name.ljust(width)}  {e.summary}  [{e.origin}]" for e in entries] or ["  (none installed)"]
-    if registry.report.failed:
-        lines.append("plugins that failed to load")
-        lines += [f"  {failure}" for failure in registry.report.failed]
-    return "\n".join(lines)
-
-
-def _say(prefix: str, exc: BaseException) -> None:
-    if is_rank_zero():
-        print(f"{prefix}: {exc}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not (args.spec or args.list or args.schema):
         parser.error("give a spec file, or --list or --schema")
-    try:
-        registry = load_registry()
-        if args.list:
-            print(_list(registry))
-            return EXIT_OK
-        for failure in registry.report.failed if is_rank_zero() else ():
-            print(f"warning: {failure}; its components are unavailable", file=sys.stderr)
-        if args.schema:
-            print(json.dumps(task_schema(spec_models(), registry), indent=2))
-            return EXIT_OK
-        data = read_spec_file(args.spec)
-        spec = resolve(data, args.set, lambda d: validate_task(d, spec_models(), registry, source=args.spec))
-        if args.dry_run:
-            print(spec.model_dump_json(indent=2))
-            return EXIT_OK
-        keep_freed_memory()
-        TASKS[spec.task].run(spec, RunContext(registry=registry, runs_dir=args.runs_dir, resume=args.resume))
-    except UserError as exc:
-        _say("error", exc)
-        return EXIT_USER_ERROR
-    except Interrupted as exc:
-        _say("interrupted", exc)
-        return EXIT_INTERRUPTED
-    except TrainingFailed as exc:
-        _say("failed", exc)
-        return EXIT_FAILED
-    except OSError as exc:  # a full disk, an unwritable folder: the files written before stay intact
-        where = f" {exc.filename}" if exc.filename else ""
-        _say(
-            "failed",
-            f"cannot write or read{where}: {exc.strerror or exc}; free disk space or make the runs "
-            "directory writable, then run again with --resume (earlier checkpoints are intact)",
-        )
-        return EXIT_FAILED
-    return EXIT_OK
+    from tasks.cli.command import execute  # torch and the registry: only once there is work to do
+
+    return execute(args)
 
 
 if __name__ == "__main__":

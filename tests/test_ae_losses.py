@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from core import UserError
-from tasks.ae_losses import (
+from tasks.autoencoder.losses import (
     _VGG16,
     LPIPS,
     PatchDiscriminator,

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from core import load_registry
-from core.validation import validate_task
-from tasks.catalog import spec_models
-from tasks.engine.checkpoint import read_state
+from tasks.cli.catalog import spec_models
 from tasks.engine.ema import UPDATES_KEY
-from tasks.metrics import psnr, ssim
+from tasks.evaluation.metrics import psnr, ssim
+from tasks.runs.checkpoint import read_state
+from tasks.runs.validation import validate_task
 
 
 def test_psnr_and_ssim_on_known_cases():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tasks.ldm import DiffusionSpec
+from tasks.ldm.specs import DiffusionSpec
 from tests.conftest import TINY_AE
 from tests.test_image_folder import folder
 from tests.test_ldm import LDM

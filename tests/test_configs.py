@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from core.validation import validate_task
-from tasks.catalog import spec_models
+from tasks.cli.catalog import spec_models
+from tasks.runs.validation import validate_task
 from tests.conftest import ROOT
 from tests.test_image_folder import folder
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from tests.test_ldm import losses as losses_of
-from tests.test_pipeline import stages
 from tasks.api import load
 from tasks.run import main
+from tests.test_ldm import losses as losses_of
+from tests.test_pipeline import stages
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

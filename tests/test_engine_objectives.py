@@ -7,13 +7,12 @@ import torch
 from torch import nn
 
 from core import load_registry
-from core.validation import validate_task
-from tasks.catalog import spec_models
-from tasks.context import RunContext
-from tasks.engine import Objective
-from tasks.engine.checkpoint import read_state
+from tasks.autoencoder.train import AutoencoderObjective
+from tasks.cli.catalog import context, spec_models
+from tasks.engine.objective import Objective
 from tasks.engine.trainer import train
-from tasks.train_autoencoder import AutoencoderObjective
+from tasks.runs.checkpoint import read_state
+from tasks.runs.validation import validate_task
 from tests.conftest import TINY_AE
 
 
@@ -43,7 +42,7 @@ def run(tmp_path, name, steps, resume=False, build=WithCritic):
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     data = {**TINY_AE, "name": name, "train": {**TINY_AE["train"], "max_steps": steps, "checkpoint_every": 100}}
     spec = validate_task(data, spec_models(), registry)
-    return train(spec, RunContext(registry=registry, runs_dir=tmp_path, resume=resume), build)
+    return train(spec, context(registry, tmp_path, resume), build)
 
 
 def test_every_model_and_optimiser_is_checkpointed_and_resumed_exactly(tmp_path):
@@ -76,6 +75,6 @@ def test_data_workers_and_global_rng_give_the_same_run_as_the_main_process(tmp_p
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     data = {**TINY_AE, "name": "workers", "train": {**TINY_AE["train"], "max_steps": 4, "num_workers": 2}}
     spec = validate_task(data, spec_models(), registry)
-    workers = read_state(train(spec, RunContext(registry=registry, runs_dir=tmp_path), Noisy))
+    workers = read_state(train(spec, context(registry, tmp_path), Noisy))
     for key, value in plain.models["first_stage"].items():
         assert torch.equal(value, workers.models["first_stage"][key]), key

@@ -4,13 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from core import RuntimeSpec, UserError
-from tasks.engine.checkpoint import Checkpoints, TrainingState, capture_rng, load_weights, read_state, restore_rng
+from core import UserError
 from tasks.engine.data import StepBatches
 from tasks.engine.ema import Ema
 from tasks.engine.optim import learning_rate
-from tasks.engine.runtime import resolve_runtime
 from tasks.engine.specs import EmaSpec, OptimizerSpec
+from tasks.runs.checkpoint import Checkpoints, TrainingState, capture_rng, load_weights, read_state, restore_rng
+from tasks.runs.runtime import resolve_runtime
+from tasks.runs.spec import RuntimeSpec
 
 
 def test_warmup_then_constant_or_cosine():

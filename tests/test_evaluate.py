@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy import linalg
 
+from core import DatasetSpec, load_registry
+from tasks.evaluation import judges
+from tasks.evaluation.metrics import frechet_distance
+from tasks.evaluation.reference_classifier import reference_classifier, split_of, stacked
 from tests.conftest import TINY_AE
 from tests.test_ldm import LDM, run
-from core import DatasetSpec, load_registry
-from tasks import judges
-from tasks.metrics import frechet_distance
-from tasks.reference_classifier import reference_classifier, split_of, stacked
 
 REGISTRY = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
 DIGITS = DatasetSpec.model_validate(LDM["data"], context={"registry": REGISTRY})

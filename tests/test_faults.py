@@ -80,7 +80,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resume_ends_as_an_unbroken_
 
 KILL_INSIDE_A_CHECKPOINT_WRITE = """
 import os, signal, sys
-import tasks.engine.checkpoint as checkpoint
+import tasks.runs.checkpoint as checkpoint
 writes = 0
 def half_then_die(tmp, _save=checkpoint.save_file):
     def save(tensors, path, metadata=None):
@@ -129,7 +129,7 @@ def partial_pid(run):
 
 
 def test_a_full_disk_is_one_clear_error_and_loses_no_checkpoint(cli, ae_spec, tmp_path, monkeypatch):
-    import tasks.engine.checkpoint as ckpt
+    import tasks.runs.checkpoint as ckpt
 
     real, calls = ckpt.save_file, []
 

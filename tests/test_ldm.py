@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY_AE
 from core import Conditioning, load_registry
 from tasks.api import load
-from tasks.ldm import ConditionerUse, LatentDiffusion
+from tasks.ldm.model import ConditionerUse, LatentDiffusion
 from tasks.run import main
+from tests.conftest import TINY_AE
 
 UNET = {
     "name": "unet",
@@ -113,13 +113,16 @@ def test_the_latent_cache_is_reused_and_rebuilt_when_the_first_stage_changes(run
 
 def test_the_cache_holds_the_first_stages_moments(runs):
     from core.specs import DatasetSpec
-    from tasks.context import RunContext
-    from tasks.engine.specs import RunRef
-    from tasks.latent_cache import cache_key
-    from tasks.runs import load_trained
+    from tasks.autoencoder.spec import TrainAutoencoderSpec
+    from tasks.cli.catalog import context
+    from tasks.ldm.cache import cache_key
+    from tasks.runs.spec import RunRef
+    from tasks.runs.trained import load_trained
 
     registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
-    trained = load_trained(RunRef(run="ae"), RunContext(registry, runs / "runs"), "first_stage", "first_stage")
+    trained = load_trained(
+        RunRef(run="ae"), context(registry, runs / "runs"), "first_stage", TrainAutoencoderSpec, "first_stage"
+    )
     data_spec = DatasetSpec.model_validate(LDM["data"], context={"registry": registry})
     # The cache of this first stage and data (the folder names are hashes, in no useful order).
     folder = runs / "runs" / ".latent-cache" / cache_key(trained.module, data_spec.model_dump(mode="json"), ["label"])
@@ -231,7 +234,8 @@ def test_guided_sampling_keeps_every_tensor_on_the_denoisers_device(registry, sa
     # tensors as CUDA does: context, concat map and vector must all follow the latents.
     from core.diffusion import NoiseSchedule, beta_schedule
     from core.specs import DenoiserSpec
-    from tasks.ldm import SamplingSpec, generate
+    from tasks.ldm.generation import generate
+    from tasks.ldm.specs import SamplingSpec
 
     def use(name, params):
         return ConditionerUse.model_validate({"name": name, "params": params}, context={"registry": registry})

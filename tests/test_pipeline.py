@@ -4,9 +4,9 @@ a stopped stage resumed."""
 import copy
 import json
 
+from tasks.run import main
 from tests.conftest import TINY_AE
 from tests.test_ldm import LDM
-from tasks.run import main
 
 
 def stages(ldm_steps):

@@ -12,8 +12,8 @@ import torch
 from benchmarks.samplers_closed_form import ours
 from core import load_registry
 from core.closed_form import GaussianData
-from core.diffusion import NoiseSchedule, beta_schedule
-from core.sampling import SPACINGS, denoiser, sample, sigma_at, sigmas, timesteps
+from core.diffusion import SPACINGS, NoiseSchedule, beta_schedule
+from core.sampling import denoiser, sample, sigma_at, sigmas, timesteps
 from plugins.samplers import euler, euler_ancestral
 
 SCHEDULE = NoiseSchedule(beta_schedule("scaled_linear", 1000, 0.00085, 0.012))

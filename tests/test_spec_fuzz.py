@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import UserError
-from core.validation import validate_task
-from tasks.catalog import spec_models
+from tasks.cli.catalog import spec_models
+from tasks.runs.validation import validate_task
 from tests.conftest import ROOT
 
 CONFIGS = {path.name: json.loads(path.read_text()) for path in sorted((ROOT / "configs").glob("*.json"))}

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from core import SpecError
-from core.validation import task_schema, validate_task
-from tasks.catalog import spec_models
-from tasks.overrides import Override, resolve
+from tasks.cli.catalog import spec_models
+from tasks.cli.overrides import Override, resolve
+from tasks.runs.validation import task_schema, validate_task
 
 BASE = {
     "task": "inspect",
@@ -56,7 +56,9 @@ def test_misspelled_param_key_is_located_inside_the_component_and_suggests_the_k
 def test_wrong_type_names_the_field_and_the_value(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_label", "params": {"num_classes": "ten"}}]})
     assert found == {
-        "conditioners.0.params.num_classes": "Input should be a valid integer, unable to parse string as an integer, got 'ten'"
+        "conditioners.0.params.num_classes": (
+            "Input should be a valid integer, unable to parse string as an integer, got 'ten'"
+        )
     }
 
 
@@ -74,8 +76,8 @@ def test_top_level_extra_key_and_missing_field(registry):
 
 def test_unknown_task_and_missing_task(registry):
     assert problems(registry, {**BASE, "task": "inpsect"}) == {
-        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, inspect, latent_stats, pipeline, "
-        "sample, train_autoencoder, train_ldm"
+        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, inspect, latent_stats, "
+        "pipeline, sample, train_autoencoder, train_ldm"
     }
     assert "this field is required" in problems(registry, {"name": "x"})["task"]
     assert "non-empty JSON object" in problems(registry, [])[""]

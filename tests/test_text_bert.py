@@ -11,11 +11,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tests.conftest import TINY_AE
-from tests.test_ldm import LDM, run
 from core.testing import ConditionerContract
 from plugins.text_bert import TextBert
 from plugins.wordpiece import fit_wordpiece
+from tests.conftest import TINY_AE
+from tests.test_ldm import LDM, run
 
 CAPTIONS = [
     "a red circle",

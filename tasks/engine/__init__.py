@@ -1,17 +1,7 @@
-"""The training engine every training task runs on (Lightning Fabric underneath)."""
+"""The training engine every training task runs on (Lightning Fabric underneath).
 
-from tasks.engine.specs import EmaSpec, OptimizerSpec, RunRef, TrainingTaskSpec, TrainSpec
-from tasks.engine.trainer import EXIT_INTERRUPTED, Interrupted, Objective, TrainingFailed, train
-
-__all__ = [
-    "EXIT_INTERRUPTED",
-    "EmaSpec",
-    "Interrupted",
-    "Objective",
-    "OptimizerSpec",
-    "RunRef",
-    "TrainSpec",
-    "TrainingFailed",
-    "TrainingTaskSpec",
-    "train",
-]
+:mod:`tasks.engine.specs` holds the ``train`` part of a spec (light: no Fabric);
+:mod:`tasks.engine.trainer` the :class:`~tasks.engine.trainer.Objective` a task describes and
+:func:`~tasks.engine.trainer.train`, which runs it. Nothing is re-exported here, so that
+reading a spec never imports Lightning Fabric.
+"""

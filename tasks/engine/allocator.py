@@ -6,7 +6,8 @@ whenever more than the trim threshold is free; a training step that frees and re
 same few megabytes of activations every step then touches brand-new pages each time, and the
 kernel zero-fills every one of them (measured on the 64 px VQ autoencoder: 1.4-2.4 million
 minor page faults in 240 steps; with the thresholds raised, 0.1 million and 8% less CPU time;
-``benchmarks/allocator_speed.py``, figures in BENCHMARKS.md). The cost is that the process keeps its peak heap until it exits,
+``benchmarks/allocator_speed.py``, figures in BENCHMARKS.md). The cost is that the process keeps its peak heap
+until it exits,
 which is what a training or sampling run wants.
 """
 

@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from tasks.engine.specs import EmaSpec
-
-UPDATES_KEY = "__ema_updates__"
-"""The key under which :meth:`Ema.state_dict` keeps the update count beside the weights."""
+from tasks.runs.checkpoint import UPDATES_KEY
 
 
 class Ema:

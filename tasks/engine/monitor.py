@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from tasks.engine.rundir import RunDir, atomic_write, flatten
 from tasks.images import make_grid, save_png
+from tasks.runs.rundir import RunDir, atomic_write, flatten
 
 
 def _step_of(line: str) -> float:
@@ -31,8 +32,6 @@ class Monitor:
         self.enabled = enabled
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run = run
         # A resumed run re-does the steps after its checkpoint: drop what they logged before.
         self.writer = SummaryWriter(str(run.tensorboard), purge_step=start if start else None)

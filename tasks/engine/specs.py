@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import nn
 
-from core import DatasetSpec, SpecModel, TaskSpec
-from core.specs import RunName
-
-
-class RunRef(SpecModel):
-    """A trained model referred to by its run: ``{"run": "<name>"}`` (latest checkpoint, EMA weights)."""
-
-    run: RunName
-    weights: Literal["ema", "raw"] = Field("ema", description="The EMA weights (if the run kept them) or the raw ones.")
+from core import DatasetSpec, SpecModel
+from tasks.runs.spec import RunRef, TaskSpec
 
 
 class OptimizerSpec(SpecModel):
@@ -57,7 +53,12 @@ class TrainSpec(SpecModel):
 
 
 class TrainingTaskSpec(TaskSpec):
-    """A task that trains: it needs data and a ``train`` part."""
+    """A task that trains: it needs data and a ``train`` part, and says what it trains."""
 
     data: DatasetSpec
     train: TrainSpec
+
+    @abc.abstractmethod
+    def trained_components(self) -> Mapping[str, Callable[[], nn.Module]]:
+        """The models this task trains, by the name their weights are saved under, each as a
+        function building it fresh from this spec (how a run's weights are loaded again)."""

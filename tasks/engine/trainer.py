@@ -1,19 +1,22 @@
-"""The one training loop every training task runs, on Lightning Fabric.
+"""The one training loop every training task runs, on Lightning Fabric, in named phases.
 
-A task describes what it trains as an :class:`Objective` (its models, their optimisers and
-their losses); :func:`train` does the rest: processes and devices, the run directory,
-seeding, data, gradient accumulation and clipping, learning-rate schedules, EMA, logging,
-checkpoints, ``--resume``, ``init_from``, signals and non-finite losses.
+A task describes what it trains as an :class:`~tasks.engine.objective.Objective`;
+:func:`train` does the rest: processes and devices, the run directory, seeding, data,
+gradient accumulation and clipping, learning-rate schedules, EMA, logging, checkpoints,
+``--resume``, ``init_from``, signals and non-finite losses. The phases, in order:
+:func:`_checked_run` (rank 0 refuses bad input before anything is written), :func:`_set_up`
+(models, ``init_from``, EMA, optimisers), :func:`_restore` (``--resume``), :func:`_open`
+(the run directory, data, monitor), then :func:`_step` and :func:`_after_step` per step.
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import math
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,15 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from core import Dataset, UserError
-from tasks.context import RunContext
-from tasks.engine.checkpoint import (
+from tasks.engine.data import StepBatches, make_loader
+from tasks.engine.ema import Ema
+from tasks.engine.errors import Interrupted, TrainingFailed
+from tasks.engine.fabric import make_fabric
+from tasks.engine.monitor import Monitor
+from tasks.engine.objective import Objective
+from tasks.engine.optim import learning_rate, make_optimizer, set_learning_rate
+from tasks.engine.specs import OptimizerSpec, TrainingTaskSpec
+from tasks.runs.checkpoint import (
     Checkpoints,
     TrainingState,
     capture_rng,
@@ -33,71 +43,9 @@ from tasks.engine.checkpoint import (
     read_weights,
     restore_rng,
 )
-from tasks.engine.data import StepBatches, make_loader
-from tasks.engine.ema import Ema
-from tasks.engine.monitor import Monitor
-from tasks.engine.optim import learning_rate, make_optimizer, set_learning_rate
-from tasks.engine.rundir import RunDir, architecture_changes, check_run_dir, environment_stamp, open_run_dir
-from tasks.engine.runtime import make_fabric, resolve_runtime
-from tasks.engine.specs import OptimizerSpec, TrainingTaskSpec
-
-EXIT_INTERRUPTED = 3
-"""The exit code of a run stopped by SIGTERM or SIGINT after writing its checkpoint."""
-
-
-class Interrupted(Exception):
-    """A signal stopped the run at a step boundary, after its checkpoint was written."""
-
-
-class TrainingFailed(Exception):
-    """The run cannot go on (e.g. a non-finite loss); the message names the step and the last good checkpoint."""
-
-
-class Objective(abc.ABC):
-    """What a training task trains, as the engine needs it.
-
-    ``nets`` holds the trainable models by name; each has one optimiser (see
-    :meth:`optimizers`) and its weights are saved under that name. The engine replaces each
-    entry by its Fabric-wrapped version before training: losses must call ``self.nets[name]``.
-    """
-
-    def __init__(self) -> None:
-        self.nets: dict[str, nn.Module] = {}
-
-    @abc.abstractmethod
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        """The optimiser of each model in ``nets``, in the order they are updated each step."""
-
-    @abc.abstractmethod
-    def loss(self, name: str, batch: dict[str, Any], step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        """The scalar loss that optimiser ``name`` minimises on one micro-batch at ``step``
-        (0-based), and named scalar terms to log."""
-
-    def active(self, name: str, step: int) -> bool:
-        """Whether optimiser ``name`` trains at ``step`` (e.g. a discriminator only after its start)."""
-        return True
-
-    def setup(self, fabric: Fabric) -> None:
-        """Move whatever is not in ``nets`` (frozen models, constants) to ``fabric.device``."""
-
-    def training_data(self, fabric: Fabric, dataset: Dataset) -> torch.utils.data.Dataset:
-        """What the loader draws batches from, called once on every process after :meth:`setup`
-        (e.g. the dataset encoded once into a latent cache). By default the dataset itself."""
-        return dataset
-
-    def images(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Image batches (B, C, H, W) in [-1, 1] to log as grids, by name (e.g. reconstructions)."""
-        return {}
-
-    def finish(self, fabric: Fabric, models: dict[str, nn.Module], run_dir: Path) -> dict[str, Tensor]:
-        """Called once when training reaches ``max_steps``, on every process (collectives are fine).
-
-        ``models`` are the weights used downstream (the EMA where one is kept), in eval mode,
-        under ``torch.no_grad``. Rank 0 may write reports into ``run_dir``. The tensors
-        returned are stored in the final checkpoint under ``extra/`` (e.g. latent statistics).
-        The training RNG state is restored afterwards, so this never changes a resumed run.
-        """
-        return {}
+from tasks.runs.context import RunContext
+from tasks.runs.rundir import RunDir, architecture_changes, check_run_dir, environment_stamp, open_run_dir
+from tasks.runs.runtime import resolve_runtime
 
 
 class _StopFlag:
@@ -120,6 +68,23 @@ class _StopFlag:
             signal.signal(signum, handler)
 
 
+@dataclass
+class _Session:
+    """Everything the loop works on, once set up."""
+
+    fabric: Fabric
+    spec: TrainingTaskSpec
+    objective: Objective
+    originals: dict[str, nn.Module]  # the unwrapped models: what checkpoints save and EMAs follow
+    emas: dict[str, Ema]
+    optimizers: dict[str, torch.optim.Optimizer]
+    optimizer_specs: dict[str, OptimizerSpec]
+    dataset: Dataset
+    start: int = 0
+    position: int = 0
+    last: Path | None = None
+
+
 def _agree(fabric: Fabric, *flags: bool) -> list[bool]:
     """Each flag, true on every process if it is true on any (one message each, no collective per flag)."""
     if fabric.world_size == 1:
@@ -133,7 +98,7 @@ def _mean_over_processes(fabric: Fabric, values: dict[str, float]) -> dict[str, 
         return values
     keys = sorted(values)
     total = fabric.all_reduce(torch.tensor([values[k] for k in keys], device=fabric.device), reduce_op="mean")
-    return dict(zip(keys, total.tolist()))
+    return dict(zip(keys, total.tolist(), strict=True))
 
 
 def _backward(
@@ -155,16 +120,15 @@ def _backward(
     return total, terms
 
 
-def _finish(
-    fabric: Fabric, objective: Objective, originals: dict[str, nn.Module], emas: dict[str, Ema], run_dir: Path
-) -> dict[str, Tensor]:
+def _finish(session: _Session, run_dir: Path) -> dict[str, Tensor]:
     """Run :meth:`Objective.finish` on the downstream weights, leaving the training state as it was."""
     rng = capture_rng()
-    models = {name: emas[name].model if name in emas else module for name, module in originals.items()}
+    models = {name: session.emas[name].model if name in session.emas else m for name, m in session.originals.items()}
     modes = {name: module.training for name, module in models.items()}
     try:
         with torch.no_grad():
-            return objective.finish(fabric, {name: module.eval() for name, module in models.items()}, run_dir)
+            evaluated = {name: module.eval() for name, module in models.items()}
+            return session.objective.finish(session.fabric, evaluated, run_dir)
     finally:
         for name, module in models.items():
             module.train(modes[name])
@@ -210,26 +174,10 @@ def _prepare_run(
     return run, resume_from, reads
 
 
-def train(
-    spec: TrainingTaskSpec,
-    ctx: RunContext,
-    build: Callable[[TrainingTaskSpec, Dataset], Objective],
-    reads: Sequence[Path] = (),
-) -> Path:
-    """Run ``spec``'s training to ``train.max_steps``; return the last checkpoint's path.
-
-    ``reads`` are the checkpoints of other runs the task uses (e.g. a frozen first stage),
-    recorded in the run's environment stamp.
-
-    Raises :class:`UserError` for input that cannot work (before writing anything),
-    :class:`Interrupted` after a signal, :class:`TrainingFailed` on a non-finite loss.
-    """
-    runtime = resolve_runtime(spec.runtime)
-    spec = spec.model_copy(update={"runtime": runtime})
-    resolved = spec.model_dump(mode="json")
-    fabric = make_fabric(runtime)
-    fabric.launch()
-
+def _checked_run(
+    fabric: Fabric, spec: TrainingTaskSpec, ctx: RunContext, resolved: dict[str, Any]
+) -> tuple[RunDir, Path | None, list[Path]]:
+    """:func:`_prepare_run` on rank 0, its verdict shared with every process (all raise alike)."""
     verdict: tuple[str, Any] = ("ok", None)
     if fabric.is_global_zero:
         try:
@@ -239,9 +187,27 @@ def train(
     verdict = fabric.broadcast(verdict, src=0)
     if verdict[0] == "error":
         raise UserError(verdict[1])
-    run, resume_from, init_reads = verdict[1]
+    return verdict[1]
 
-    cfg = spec.train
+
+def _load_init_from(originals: dict[str, nn.Module], paths: list[Path], spec: TrainingTaskSpec) -> None:
+    """Each model's weights from the ``init_from`` run's checkpoint; a mismatch names the spec fields that differ."""
+    resolved = spec.model_dump(mode="json")
+    for path in paths:
+        theirs = path.parent.parent / "spec.json"
+        differs = architecture_changes(json.loads(theirs.read_text()), resolved) if theirs.is_file() else []
+        for name, module in originals.items():
+            load_weights(module, read_weights(path, name, spec.train.init_from.weights), f"{path} ({name})", differs)
+
+
+def _set_up(
+    fabric: Fabric,
+    spec: TrainingTaskSpec,
+    build: Callable[[TrainingTaskSpec, Dataset], Objective],
+    init_reads: list[Path],
+) -> _Session:
+    """The objective built under the spec's seed, ``init_from`` loaded, EMAs made, models and
+    optimisers handed to Fabric. A :class:`UserError` for a model with nothing to train."""
     fabric.seed_everything(spec.seed, verbose=False)  # every process builds the same weights
     dataset = spec.data.build()
     objective = build(spec, dataset)
@@ -252,134 +218,197 @@ def train(
                 f"the model trained as {name!r} ({type(module).__name__}) has no trainable parameters; "
                 "name a component with weights (e.g. an autoencoder instead of identity)"
             )
-    for path in init_reads:
-        theirs = path.parent.parent / "spec.json"
-        differs = architecture_changes(json.loads(theirs.read_text()), resolved) if theirs.is_file() else []
-        for name, module in originals.items():
-            load_weights(module, read_weights(path, name, cfg.init_from.weights), f"{path} ({name})", differs)
-    if runtime.memory_format == "channels_last":
+    _load_init_from(originals, init_reads, spec)
+    if spec.runtime.memory_format == "channels_last":
         # Convolutions follow their weights' layout, so the activations go channels-last with them.
         for module in originals.values():
             module.to(memory_format=torch.channels_last)
-    emas = {name: Ema(module, cfg.ema) for name, module in originals.items()} if cfg.ema else {}
-    specs = objective.optimizers()
+    emas = {name: Ema(module, spec.train.ema) for name, module in originals.items()} if spec.train.ema else {}
+    optimizer_specs = objective.optimizers()
     optimizers = {}
-    for name, opt_spec in specs.items():
+    for name, opt_spec in optimizer_specs.items():
         module, optimizers[name] = fabric.setup(originals[name], make_optimizer(opt_spec, originals[name]))
         objective.nets[name] = module
     for ema in emas.values():
         fabric.to_device(ema.model)
     objective.setup(fabric)
+    return _Session(fabric, spec, objective, originals, emas, optimizers, optimizer_specs, dataset)
 
-    start, position = 0, 0
-    if resume_from is not None:
-        state = read_state(resume_from)
-        for name, module in originals.items():
-            load_weights(module, state.models[name], f"{resume_from} ({name})")
-            if name in emas:
-                emas[name].load_state_dict(state.ema[name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state.optimizers[name])
-            _state_in_parameter_layout(optimizer)
-        restore_rng(state.rng[fabric.global_rank])
-        start, position = state.step, state.data_position
-    else:
-        fabric.seed_everything(spec.seed * 7919 + 101 + fabric.global_rank, verbose=False)
 
-    checkpoints = Checkpoints(run.checkpoints, cfg.keep_checkpoints)
-    batches = StepBatches(
-        len(dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed, start=position
-    )
-    # Every check that can refuse the run has passed: only now is anything written.
+def _restore(session: _Session, resume_from: Path | None) -> None:
+    """Weights, EMAs, optimiser states, RNGs, step and data position from ``resume_from``; for a
+    fresh run, the training RNGs seeded per process."""
+    fabric, seed = session.fabric, session.spec.seed
+    if resume_from is None:
+        fabric.seed_everything(seed * 7919 + 101 + fabric.global_rank, verbose=False)
+        return
+    state = read_state(resume_from)
+    for name, module in session.originals.items():
+        load_weights(module, state.models[name], f"{resume_from} ({name})")
+        if name in session.emas:
+            session.emas[name].load_state_dict(state.ema[name])
+    for name, optimizer in session.optimizers.items():
+        optimizer.load_state_dict(state.optimizers[name])
+        _state_in_parameter_layout(optimizer)
+    restore_rng(state.rng[fabric.global_rank])
+    session.start, session.position, session.last = state.step, state.data_position, resume_from
+
+
+def _open(session: _Session, ctx: RunContext, run: RunDir, reads: Sequence[Path]) -> tuple[Any, Monitor]:
+    """Every check that can refuse the run has passed: write the run directory (rank 0), then
+    make the batch iterator and the monitor."""
+    fabric, spec = session.fabric, session.spec
+    resolved = spec.model_dump(mode="json")
     if fabric.is_global_zero:
-        read = [str(p) for p in (*init_reads, *reads)]
-        open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, read))
+        open_run_dir(run, resolved, environment_stamp(ctx.registry, fabric.world_size, [str(p) for p in reads]))
     fabric.barrier()
-    loader = iter(make_loader(objective.training_data(fabric, dataset), batches, cfg.num_workers, spec.seed))
-    monitor = Monitor(run, resolved, start, cfg.max_steps, enabled=fabric.is_global_zero)
-    fp16 = runtime.precision == "16-mixed"
-    last = resume_from
+    cfg = spec.train
+    batches = StepBatches(
+        len(session.dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed, start=session.position
+    )
+    data = session.objective.training_data(fabric, session.dataset)
+    loader = iter(make_loader(data, batches, cfg.num_workers, spec.seed))
+    return loader, Monitor(run, resolved, session.start, cfg.max_steps, enabled=fabric.is_global_zero)
 
-    def save(step: int, extra: dict[str, Tensor] | None = None) -> Path:
-        rngs = [capture_rng()]
-        if fabric.world_size > 1:
-            rngs = [None] * fabric.world_size
-            torch.distributed.all_gather_object(rngs, capture_rng())
-        path = checkpoints.path_for(step)
-        if fabric.is_global_zero:
-            checkpoints.save(
-                TrainingState(
-                    step=step,
-                    data_position=step * cfg.accumulate,
-                    models={n: m.state_dict() for n, m in originals.items()},
-                    ema={n: e.state_dict() for n, e in emas.items()},
-                    optimizers={n: o.state_dict() for n, o in optimizers.items()},
-                    rng=rngs,
-                    extra=extra or {},
-                )
+
+def _save(session: _Session, checkpoints: Checkpoints, step: int, extra: dict[str, Tensor] | None) -> Path:
+    """Write the checkpoint of ``step`` (rank 0; every process's RNG state in it); its path."""
+    fabric = session.fabric
+    rngs = [capture_rng()]
+    if fabric.world_size > 1:
+        rngs = [None] * fabric.world_size
+        torch.distributed.all_gather_object(rngs, capture_rng())
+    path = checkpoints.path_for(step)
+    if fabric.is_global_zero:
+        checkpoints.save(
+            TrainingState(
+                step=step,
+                data_position=step * session.spec.train.accumulate,
+                models={n: m.state_dict() for n, m in session.originals.items()},
+                ema={n: e.state_dict() for n, e in session.emas.items()},
+                optimizers={n: o.state_dict() for n, o in session.optimizers.items()},
+                rng=rngs,
+                extra=extra or {},
             )
-        fabric.barrier()
-        return path
+        )
+    fabric.barrier()
+    return path
 
+
+def _update(session: _Session, name: str, micro: list[dict[str, Any]], step: int) -> dict[str, float]:
+    """One optimiser step of model ``name``: gradients, clipping, the finiteness guard, the
+    update and its EMA. Returns what to log. :class:`TrainingFailed` before a non-finite update."""
+    fabric, cfg = session.fabric, session.spec.train
+    optimizer = session.optimizers[name]
+    lr = learning_rate(session.optimizer_specs[name], step, cfg.max_steps)
+    set_learning_rate(optimizer, lr)
+    for other in session.optimizers.values():
+        other.zero_grad(set_to_none=True)
+    loss, terms = _backward(fabric, session.objective, name, micro, step)
+    # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
+    norm = fabric.clip_gradients(
+        session.objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
+    )
+    fp16 = session.spec.runtime.precision == "16-mixed"  # the grad scaler skips non-finite steps itself
+    bad_loss, bad_norm = _agree(fabric, not math.isfinite(loss), not fp16 and not torch.isfinite(norm))
+    if bad_loss or bad_norm:
+        what = "loss" if bad_loss else "gradient norm"
+        last = session.last
+        kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        raise TrainingFailed(
+            f"the {what} of {name!r} is not finite at step {step + 1} (terms: {shown}); stopped before updating "
+            f"the weights; {kept}; lower the learning rate or check the data"
+        )
+    optimizer.step()
+    if name in session.emas:
+        session.emas[name].update(session.originals[name])
+    logs = {f"loss/{name}": loss, **{f"loss/{name}/{k}": v for k, v in terms.items()}}
+    return {**logs, f"lr/{name}": lr, f"grad_norm/{name}": float(norm)}
+
+
+def _step(session: _Session, loader: Any, step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One training step: a micro-batch per accumulation, then each active optimiser's update."""
+    micro = [session.fabric.to_device(next(loader)) for _ in range(session.spec.train.accumulate)]
+    logs: dict[str, float] = {}
+    for name in session.optimizers:
+        if session.objective.active(name, step):
+            logs.update(_update(session, name, micro, step))
+    return micro, logs
+
+
+class _Rate:
+    """Steps per second between two logged steps."""
+
+    def __init__(self, step: int) -> None:
+        self.time, self.step = time.perf_counter(), step
+
+    def since_last(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.step) / max(now - self.time, 1e-9)
+        self.time, self.step = now, step
+        return rate
+
+
+def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict[str, float], batch: Any) -> None:
+    """Scalars every ``log_every`` steps (and at the end), image grids every ``image_every``."""
+    cfg = session.spec.train
+    if done % cfg.log_every == 0 or done == cfg.max_steps:
+        logs = _mean_over_processes(session.fabric, logs)
+        steps_per_s = rate.since_last(done)
+        logs["throughput/steps_per_s"] = steps_per_s
+        logs["throughput/examples_per_s"] = steps_per_s * cfg.batch_size * cfg.accumulate * session.fabric.world_size
+        monitor.scalars(done, logs)
+    if cfg.image_every and done % cfg.image_every == 0:
+        with torch.no_grad():
+            for tag, images in session.objective.images(batch).items():
+                monitor.images(done, tag, images)
+
+
+def _after_step(session: _Session, checkpoints: Checkpoints, run: RunDir, done: int, stop: _StopFlag) -> None:
+    """At the end, :meth:`Objective.finish`; a checkpoint when due, at the end or on a signal
+    (then :class:`Interrupted`)."""
+    cfg = session.spec.train
+    extra = _finish(session, run.root) if done == cfg.max_steps else None
+    [stopping] = _agree(session.fabric, stop.signum is not None)
+    if stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+        session.last = _save(session, checkpoints, done, extra)
+    if stopping:
+        cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
+        raise Interrupted(
+            f"stopped by {cause} at step {done}; checkpoint {str(session.last)!r} written; continue with --resume"
+        )
+
+
+def train(
+    spec: TrainingTaskSpec,
+    ctx: RunContext,
+    build: Callable[[TrainingTaskSpec, Dataset], Objective],
+    reads: Sequence[Path] = (),
+) -> Path:
+    """Run ``spec``'s training to ``train.max_steps``; return the last checkpoint's path.
+
+    ``build`` makes the task's objective from the spec and its dataset; ``reads`` are the
+    checkpoints of other runs the task uses (e.g. a frozen first stage), recorded in the run's
+    environment stamp. Raises :class:`UserError` for input that cannot work (before writing
+    anything), :class:`Interrupted` after a signal, :class:`TrainingFailed` on a non-finite loss.
+    """
+    spec = spec.model_copy(update={"runtime": resolve_runtime(spec.runtime)})
+    fabric = make_fabric(spec.runtime)
+    fabric.launch()
+    run, resume_from, init_reads = _checked_run(fabric, spec, ctx, spec.model_dump(mode="json"))
+    session = _set_up(fabric, spec, build, init_reads)
+    _restore(session, resume_from)
+    loader, monitor = _open(session, ctx, run, [*init_reads, *reads])
+    checkpoints = Checkpoints(run.checkpoints, spec.train.keep_checkpoints)
+    rate = _Rate(session.start)
     try:
         with _StopFlag() as stop:
-            tick, ticked = time.perf_counter(), start
-            for step in range(start, cfg.max_steps):
-                micro = [fabric.to_device(next(loader)) for _ in range(cfg.accumulate)]
-                logs: dict[str, float] = {}
-                for name, optimizer in optimizers.items():
-                    if not objective.active(name, step):
-                        continue
-                    lr = learning_rate(specs[name], step, cfg.max_steps)
-                    set_learning_rate(optimizer, lr)
-                    for other in optimizers.values():
-                        other.zero_grad(set_to_none=True)
-                    loss_total, terms = _backward(fabric, objective, name, micro, step)
-                    # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
-                    norm = fabric.clip_gradients(
-                        objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
-                    )
-                    bad_loss, bad_norm = _agree(
-                        fabric, not math.isfinite(loss_total), not fp16 and not torch.isfinite(norm)
-                    )
-                    if bad_loss or bad_norm:
-                        what = "loss" if bad_loss else "gradient norm"
-                        kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
-                        raise TrainingFailed(
-                            f"the {what} of {name!r} is not finite at step {step + 1} (terms: "
-                            f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); stopped before updating "
-                            f"the weights; {kept}; lower the learning rate or check the data"
-                        )
-                    optimizer.step()
-                    if name in emas:
-                        emas[name].update(originals[name])
-                    logs[f"loss/{name}"] = loss_total
-                    logs.update({f"loss/{name}/{k}": v for k, v in terms.items()})
-                    logs[f"lr/{name}"] = lr
-                    logs[f"grad_norm/{name}"] = float(norm)
-                done = step + 1
+            for step in range(session.start, spec.train.max_steps):
+                micro, logs = _step(session, loader, step)
                 monitor.advance()
-                if done % cfg.log_every == 0 or done == cfg.max_steps:
-                    now = time.perf_counter()
-                    rate = (done - ticked) / max(now - tick, 1e-9)
-                    tick, ticked = now, done
-                    logs = _mean_over_processes(fabric, logs)
-                    logs["throughput/steps_per_s"] = rate
-                    logs["throughput/examples_per_s"] = rate * cfg.batch_size * cfg.accumulate * fabric.world_size
-                    monitor.scalars(done, logs)
-                if cfg.image_every and done % cfg.image_every == 0:
-                    with torch.no_grad():
-                        for tag, images in objective.images(micro[0]).items():
-                            monitor.images(done, tag, images)
-                extra = _finish(fabric, objective, originals, emas, run.root) if done == cfg.max_steps else None
-                [stopping] = _agree(fabric, stop.signum is not None)
-                if stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-                    last = save(done, extra)
-                if stopping:
-                    cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
-                    raise Interrupted(
-                        f"stopped by {cause} at step {done}; checkpoint {str(last)!r} written; continue with --resume"
-                    )
+                _log(session, monitor, rate, step + 1, logs, micro[0])
+                _after_step(session, checkpoints, run, step + 1, stop)
     finally:
         monitor.close()
-    return last
+    return session.last

@@ -23,55 +23,33 @@ with a grid of samples.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, PositiveInt
 from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from core import TaskSpec, UserError
-from tasks import judges
-from tasks.api import Pipeline, load_pipeline
-from tasks.context import RunContext
-from tasks.engine.rundir import atomic_write, check_run_dir, environment_stamp, open_run_dir
-from tasks.engine.runtime import make_fabric, resolve_runtime
-from tasks.engine.specs import RunRef
+from core import UserError
+from tasks.autoencoder.spec import TrainAutoencoderSpec
+from tasks.engine.fabric import make_fabric
+from tasks.evaluation import judges
+from tasks.evaluation.reference_classifier import reference_classifier, split_of
+from tasks.evaluation.spec import EvaluateSpec
 from tasks.images import make_grid, save_png
-from tasks.ldm import SamplingSpec
-from tasks.reference_classifier import reference_classifier, split_of
-from tasks.runs import load_trained, run_spec
-
-
-class EvaluateSpec(TaskSpec):
-    """Measure the run ``model`` (a ``train_ldm`` or ``train_autoencoder`` run)."""
-
-    task: Literal["evaluate"]
-    model: RunRef = Field(description='The run to measure, e.g. {"run": "quickstart-ldm"} (EMA weights by default).')
-    sampling: SamplingSpec | None = Field(
-        None, description="Sampler, steps, spacing and guidance; by default the run's own."
-    )
-    per_class: PositiveInt = Field(100, description="Samples of each class for a class-conditional model.")
-    num_images: PositiveInt = Field(
-        500,
-        description=(
-            "Samples of an unconditional model, or validation examples whose conditions a data-conditioned model samples from."
-        ),
-    )
-    batch_size: PositiveInt = Field(100, description="Images sampled at once.")
+from tasks.ldm.generation import Pipeline, load_pipeline
+from tasks.ldm.specs import SamplingSpec, TrainLdmSpec
+from tasks.runs.context import RunContext
+from tasks.runs.oneshot import OneShotRun
+from tasks.runs.rundir import RunDir, atomic_write
+from tasks.runs.trained import load_trained, spec_of
 
 
 def _sample(
     pipe: Pipeline, sampling: SamplingSpec, conditions: dict[str, list[Any]], count: int, seed: int, batch_size: int
 ) -> Tensor:
     with tqdm(total=count, desc="sampling", unit="image", dynamic_ncols=True) as bar:
-        images = []
-        for start in range(0, count, batch_size):
-            chunk = {key: values[start : start + batch_size] for key, values in conditions.items()}
-            seeds = [seed + i for i in range(start, min(count, start + batch_size))]
-            images.append(pipe.generate(sampling, chunk, seeds, batch_size))
-            bar.update(len(seeds))
-    return torch.cat(images)
+        return pipe.generate(sampling, conditions, [seed + i for i in range(count)], batch_size, bar.update)
 
 
 def _class_field(example: dict[str, Any], fields: list[str]) -> str | None:
@@ -131,77 +109,70 @@ def _measure_ldm(
     return metrics, tables, images
 
 
-def run(spec: EvaluateSpec, ctx: RunContext) -> None:
-    """Measure, then write ``eval.json``, the table and TensorBoard."""
-    runtime = resolve_runtime(spec.runtime)
-    if runtime.devices * runtime.num_nodes > 1:
-        raise UserError(
-            f"runtime.devices: evaluate runs in one process but {runtime.devices} device(s) x "
-            f"{runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1"
-        )
-    spec = spec.model_copy(update={"runtime": runtime})
-    torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
-    trained = run_spec(spec.model, ctx, "model")
-    resolved = spec.model_dump(mode="json")
-    run_dir = check_run_dir(ctx.runs_dir, spec.name, resolved, resume=False)
-    report: dict[str, Any] = {"run": spec.model.run, "weights": spec.model.weights}
-    tables: dict[str, list[float]] = {}
-    grid = None
-    if trained.task == "train_autoencoder":
-        first = load_trained(spec.model, ctx, "first_stage", "model")
-        fabric = make_fabric(runtime)
-        fabric.launch()
-        model = fabric.to_device(first.module)
-        val = split_of(trained.data, "val")
-        metrics = judges.reconstruction(fabric, model, val, spec.batch_size)
-        report.update(checkpoint=first.checkpoint.name, split="val")
-    elif trained.task == "train_ldm":
-        pipe = load_pipeline(spec.model, ctx, "model", runtime.accelerator)
-        sampling = spec.sampling or trained.sampling
-        pipe.check(sampling, "sampling.steps")
-        metrics, tables, images = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
-        report.update(
-            checkpoint=pipe.checkpoint.name,
-            step=pipe.step,
-            sampler=sampling.sampler.name,
-            sampler_params=sampling.sampler.params.model_dump(mode="json"),
-            steps=sampling.steps,
-            spacing=sampling.spacing or sampling.sampler.cls.spacing,
-            guidance=sampling.guidance,
-            seed=spec.seed,
-        )
-        if "class_accuracy" in metrics:  # the first ten of each class, a row each
-            shown = min(10, spec.per_class)
-            images = images.unflatten(0, (-1, spec.per_class))[:, :shown].flatten(0, 1)
-            grid = make_grid(images, shown)
-        else:
-            grid = make_grid(images[:100], 10)
-    else:
-        raise UserError(
-            f"model.run: {spec.model.run!r} is a {trained.task} run; evaluate measures "
-            "train_ldm and train_autoencoder runs"
-        )
+def _first_stage_report(spec: EvaluateSpec, ctx: RunContext) -> tuple[dict[str, Any], list, Tensor | None]:
+    """(report, checkpoints read, no grid) of a ``train_autoencoder`` run: reconstructions of its validation split."""
+    first = load_trained(spec.model, ctx, "model", TrainAutoencoderSpec, "first_stage")
+    fabric = make_fabric(spec.runtime)
+    fabric.launch()
+    model = fabric.to_device(first.module)
+    metrics = judges.reconstruction(fabric, model, split_of(first.spec.data, "val"), spec.batch_size)
+    report = {"checkpoint": first.checkpoint.name, "split": "val", "metrics": metrics, "tables": {}}
+    return report, [first.checkpoint], None
+
+
+def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: TrainLdmSpec) -> tuple[dict[str, Any], list, Tensor]:
+    """(report, checkpoints read, grid of samples) of a ``train_ldm`` run."""
+    pipe = load_pipeline(spec.model, ctx, "model", spec.runtime.accelerator)
+    sampling = spec.sampling or trained.sampling
+    pipe.check(sampling)
+    metrics, tables, images = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
+    report = {"checkpoint": pipe.checkpoint.name, "step": pipe.step, **sampling.record(), "seed": spec.seed}
     report.update(metrics=metrics, tables=tables)
+    if "class_accuracy" in metrics:  # the first ten of each class, a row each
+        shown = min(10, spec.per_class)
+        return (
+            report,
+            list(pipe.reads),
+            make_grid(images.unflatten(0, (-1, spec.per_class))[:, :shown].flatten(0, 1), shown),
+        )
+    return report, list(pipe.reads), make_grid(images[:100], 10)
 
-    open_run_dir(run_dir, resolved, environment_stamp(ctx.registry, 1, [spec.model.run]))
-    atomic_write(run_dir.root / "eval.json", json.dumps(report, indent=2).encode())
-    from torch.utils.tensorboard import SummaryWriter
 
+def _write(run_dir: RunDir, report: dict[str, Any], grid: Tensor | None, out: Any) -> None:
+    """``eval.json``, TensorBoard scalars and grid, and the table on the terminal."""
+    root, metrics, step = run_dir.root, report["metrics"], report.get("step", 0)
+    atomic_write(root / "eval.json", json.dumps(report, indent=2).encode())
     with SummaryWriter(str(run_dir.tensorboard)) as writer:
         for key, value in metrics.items():
-            writer.add_scalar(f"eval/{key}", value, report.get("step", 0))
+            writer.add_scalar(f"eval/{key}", value, step)
         if grid is not None:
-            save_png(grid, run_dir.root / "grid.png")
-            writer.add_image("eval/samples", grid, report.get("step", 0))
+            save_png(grid, root / "grid.png")
+            writer.add_image("eval/samples", grid, step)
     width = max(map(len, metrics))
     lines = [
         f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}"
         for key, value in metrics.items()
     ]
-    lines += [f"{key}: " + " ".join(f"{v:.3f}" for v in values) for key, values in tables.items()]
-    print(
-        "\n".join(
-            [f"evaluate {spec.model.run!r} ({report['checkpoint']})", *lines, f"written: {run_dir.root / 'eval.json'}"]
-        ),
-        file=ctx.out,
-    )
+    lines += [f"{key}: " + " ".join(f"{v:.3f}" for v in values) for key, values in report["tables"].items()]
+    title = f"evaluate {report['run']!r} ({report['checkpoint']})"
+    print("\n".join([title, *lines, f"written: {root / 'eval.json'}"]), file=out)
+
+
+def run(spec: EvaluateSpec, ctx: RunContext) -> None:
+    """Measure, then write ``eval.json``, the table and TensorBoard."""
+    if spec.runtime.devices * spec.runtime.num_nodes > 1:
+        raise UserError(
+            f"runtime.devices: evaluate runs in one process but {spec.runtime.devices} device(s) x "
+            f"{spec.runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1"
+        )
+    checked = OneShotRun.check(spec, ctx)
+    spec = checked.spec
+    torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
+    trained = spec_of(spec.model, ctx, "model", TrainLdmSpec, TrainAutoencoderSpec)
+    if isinstance(trained, TrainAutoencoderSpec):
+        measured, reads, grid = _first_stage_report(spec, ctx)
+    else:
+        measured, reads, grid = _ldm_report(spec, ctx, trained)
+    report = {"run": spec.model.run, "weights": spec.model.weights, **measured}
+    checked.open(ctx, reads)
+    _write(checked.dir, report, grid, ctx.out)

@@ -2,74 +2,36 @@
 
 The first stage's loss is the pixel term, a perceptual term, the regulariser's penalty
 and, once switched on, an adversarial term from a patch discriminator that trains with its
-own optimiser (see :mod:`tasks.ae_losses` for each term and its reduction).
+own optimiser (see :mod:`tasks.autoencoder.losses` for each term and its reduction).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning_fabric import Fabric
-from pydantic import model_validator
 from torch import Tensor, nn
 
-from core import Dataset, FirstStageSpec, SpecModel
-from tasks import judges
-from tasks.ae_losses import (
+from core import Dataset
+from tasks.autoencoder.losses import (
     LPIPS,
-    AdversarialLoss,
     PatchDiscriminator,
-    PerceptualLoss,
-    PixelLoss,
     adaptive_weight,
     hinge_discriminator_loss,
     laplacian_loss,
     per_example_sum,
 )
-from tasks.context import RunContext
-from tasks.engine import Objective, OptimizerSpec, TrainingTaskSpec, train
-from tasks.engine.rundir import atomic_write
-from tasks.latents import latent_statistics
-
-
-class AutoencoderLoss(SpecModel):
-    """The first stage's loss terms; ``null`` turns the perceptual or adversarial term off."""
-
-    pixel: PixelLoss = PixelLoss()
-    perceptual: PerceptualLoss | None = PerceptualLoss()
-    adversarial: AdversarialLoss | None = None
-
-
-class TrainAutoencoderSpec(TrainingTaskSpec):
-    """Train a first stage (e.g. ``autoencoder`` with a ``kl`` or ``vq`` regulariser) on ``data``."""
-
-    task: Literal["train_autoencoder"]
-    model: FirstStageSpec
-    loss: AutoencoderLoss = AutoencoderLoss()
-
-    @property
-    def trained_components(self) -> dict[str, FirstStageSpec]:
-        """The models this task trains, by the name their weights are saved under."""
-        return {"first_stage": self.model}
-
-    @model_validator(mode="after")
-    def _model_fits_data(self) -> TrainAutoencoderSpec:
-        latent = self.model.cls.latent_shape(self.model.params)
-        example = self.data.cls.example_shape(self.data.params)
-        if latent.image_channels != example.image_channels:
-            raise ValueError(
-                f"model takes {latent.image_channels}-channel images but data ({self.data.name}) gives "
-                f"{example.image_channels}-channel ones; set the model's in_channels or the data's channels to match"
-            )
-        if example.image_size and any(side % latent.factor for side in example.image_size):
-            raise ValueError(
-                f"data ({self.data.name}) gives {example.image_size[0]}x{example.image_size[1]} images, not divisible "
-                f"by the model's downsampling factor f={latent.factor}; use an image size that is a multiple of {latent.factor}"
-            )
-        return self
+from tasks.autoencoder.spec import TrainAutoencoderSpec
+from tasks.autoencoder.statistics import latent_statistics
+from tasks.engine.objective import Objective
+from tasks.engine.specs import OptimizerSpec
+from tasks.engine.trainer import train
+from tasks.evaluation import judges
+from tasks.runs.context import RunContext
+from tasks.runs.rundir import atomic_write
 
 
 class AutoencoderObjective(Objective):

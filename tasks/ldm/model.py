@@ -1,5 +1,5 @@
 """The latent diffusion model as tasks build it: a denoiser and its conditioners, sized from
-what the first stage and the conditioners declare, and the spec parts that describe it.
+what the first stage and the conditioners declare.
 
 :func:`fill_denoiser` is where a pipeline's sizes are settled before any tensor exists: the
 denoiser's ``in_channels`` (latent channels + concat channels), ``out_channels``,
@@ -9,71 +9,16 @@ otherwise is refused naming both numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
-from core import Conditioner, Conditioning, ConditioningShape, ConditionerSpec, DenoiserSpec, SpecModel, UserError
-from core.diffusion import NoiseSchedule, Prediction, ScheduleKind, TimestepSampling, beta_schedule
-from core.guidance import guided, unconditional_half
+from core import Conditioner, ConditionerSpec, Conditioning, ConditioningShape, DenoiserSpec, UserError
+from core.diffusion import Prediction
+from core.guidance import unconditional_half
 from core.interfaces import ExampleShape, LatentShape
-from core.sampling import Generators, Spacing, denoiser, sample, sigmas
-from core.specs import SamplerSpec
-
-
-class DiffusionSpec(SpecModel):
-    """The forward process and the training loss L_LDM."""
-
-    schedule: ScheduleKind = Field(
-        "scaled_linear", description="Beta schedule (the paper's code calls scaled_linear 'linear')."
-    )
-    timesteps: PositiveInt = Field(1000, description="T, the number of discrete steps.")
-    beta_start: PositiveFloat = 0.00085
-    beta_end: PositiveFloat = 0.012
-    loss: Literal["l2", "l1"] = Field("l2", description="l2 or l1 between the prediction and its target.")
-    min_snr_gamma: PositiveFloat | None = Field(
-        None, description="Min-SNR-gamma loss weighting (e.g. 5); none: uniform."
-    )
-    offset_noise: NonNegativeFloat = Field(0.0, description="Strength of per-channel offset noise (e.g. 0.1).")
-    timestep_sampling: TimestepSampling = Field(
-        "uniform",
-        description=(
-            "How training draws t: uniform (the paper), or logit_normal (t/T = sigmoid(u), u ~ N(logit_mean, logit_std))."
-        ),
-    )
-    logit_mean: float = Field(
-        0.0, description="With logit_normal: the mean of u (positive: more training at high noise)."
-    )
-    logit_std: PositiveFloat = Field(1.0, description="With logit_normal: the spread of u.")
-
-    @model_validator(mode="after")
-    def _logit_params_need_logit_normal(self) -> DiffusionSpec:
-        # Compared with the defaults rather than checked for presence: a run's stored spec has every field.
-        changed = [
-            name for name in ("logit_mean", "logit_std") if getattr(self, name) != type(self).model_fields[name].default
-        ]
-        if changed and self.timestep_sampling != "logit_normal":
-            raise ValueError(
-                f"{' and '.join(changed)} {'apply' if len(changed) > 1 else 'applies'} only to "
-                f"timestep_sampling 'logit_normal', not {self.timestep_sampling!r}; set "
-                f"timestep_sampling to 'logit_normal' or remove {'them' if len(changed) > 1 else 'it'}"
-            )
-        return self
-
-    def noise_schedule(self) -> NoiseSchedule:
-        return NoiseSchedule(beta_schedule(self.schedule, self.timesteps, self.beta_start, self.beta_end))
-
-
-class SamplingSpec(SpecModel):
-    """How to sample: the sampler, its steps and spacing, and classifier-free guidance."""
-
-    sampler: SamplerSpec = Field(default_factory=lambda: {"name": "dpmpp_2m"}, validate_default=True)
-    steps: PositiveInt = Field(20, description="Sampler steps (1 to the schedule's T).")
-    spacing: Spacing | None = Field(None, description="Timestep spacing; none: the sampler's measured default.")
-    guidance: NonNegativeFloat = Field(1.0, description="Classifier-free guidance scale; 1: none (one pass).")
 
 
 class ConditionerUse(ConditionerSpec):
@@ -223,21 +168,29 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def check_inputs(self, batch: dict[str, Any], field: str, latent_size: tuple[int, int] | None = None) -> None:
-        """Run each conditioner (in eval mode) on ``batch``; what it refuses, or concat maps
-        not of ``latent_size``, is a :class:`UserError` naming ``field`` and the fix."""
+        """Run each conditioner (in eval mode) on ``batch``; what it refuses, output that departs
+        from what it declares, or concat maps not of ``latent_size``, is a :class:`UserError`
+        naming ``field`` (or the plugin) and the fix."""
         modes = [module.training for module in self.conditioners]
         try:
-            for module, use in zip(self.conditioners.eval(), self.uses, strict=True):
+            for i, (module, use) in enumerate(zip(self.conditioners.eval(), self.uses, strict=True)):
                 key = module.reads(module.params)
                 try:
                     cond = module(batch[key])
                 except (ValueError, TypeError) as exc:
                     raise UserError(f"{field}.{key}: {exc}") from None
+                wrong = use.cls.produces(use.params).mismatches(cond)
+                if wrong:
+                    raise UserError(
+                        f"conditioners.{i} ({use.name}, from {use.entry.origin}) {'; '.join(wrong)} for {field}.{key}; "
+                        "its produces() and forward() must agree: fix the plugin or ask its author to"
+                    )
                 size = tuple(cond.concat.shape[-2:]) if cond.concat is not None else None
                 if latent_size is not None and size is not None and size != latent_size:
                     raise UserError(
                         f"{field}.{key}: {use.name} turns it into {size[0]}x{size[1]} maps but the latents are "
-                        f"{latent_size[0]}x{latent_size[1]}; make its factors agree with the data's (e.g. lowres_factor)"
+                        f"{latent_size[0]}x{latent_size[1]}; make its factors agree with the data's "
+                        "(e.g. lowres_factor)"
                     )
         finally:
             for module, mode in zip(self.conditioners, modes, strict=True):
@@ -247,33 +200,3 @@ class LatentDiffusion(nn.Module):
         """Which conditioner outputs to drop for each example (B, n), drawn at each one's drop rate."""
         rates = torch.tensor([use.drop_rate for use in self.uses], device=device)
         return torch.rand(batch_size, len(self.uses), device=device) < rates
-
-
-@torch.no_grad()
-def generate(
-    ldm: LatentDiffusion,
-    schedule: NoiseSchedule,
-    sampling: SamplingSpec,
-    conditions: dict[str, Any],
-    noise: Tensor,
-    generator: Generators = None,
-    progress: Callable[[], None] | None = None,
-) -> Tensor:
-    """Normalised latents (B, c, h, w) sampled from standard-normal ``noise`` of that shape.
-
-    ``conditions`` holds the example fields the conditioners read, batched (B); guidance,
-    sampler, steps and spacing come from ``sampling``; ``progress`` is called once per
-    denoiser evaluation.
-    """
-    cond, uncond = ldm.guidance_pair(conditions)
-    model = guided(ldm.denoiser, cond.to(noise.device), uncond.to(noise.device), sampling.guidance)
-    if progress is not None:
-        plain = model
-
-        def model(x: Tensor, t: Tensor) -> Tensor:
-            progress()
-            return plain(x, t)
-
-    sampler = sampling.sampler.build()
-    levels = sigmas(schedule, sampling.steps, sampling.spacing or sampler.spacing)
-    return sample(sampler, denoiser(model, schedule, ldm.prediction), noise, levels, generator=generator)

@@ -80,7 +80,7 @@ def resolve(data: dict[str, Any], texts: Sequence[str], validate: Callable[[dict
 
     def attempt() -> T:
         result = data
-        for override, value in zip(overrides, values):
+        for override, value in zip(overrides, values, strict=True):
             result = override.apply(result, value)
         return validate(result)
 

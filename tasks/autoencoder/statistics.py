@@ -1,5 +1,7 @@
 """Latent statistics: the per-channel mean and std of a first stage's latents over a dataset.
 
+(:class:`tasks.autoencoder.latent_space.LatentSpace` is where they are applied.)
+
 Diffusion is trained on latents normalised by these (the paper scales by one factor
 estimated on one batch; we use every example, on every process, per channel).
 """

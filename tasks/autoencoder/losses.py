@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import SpecModel, UserError
-from tasks.engine import OptimizerSpec
-from tasks.engine.checkpoint import load_weights
+from tasks.engine.specs import OptimizerSpec
+from tasks.runs.checkpoint import load_weights
 
 
 def per_example_sum(error: Tensor) -> Tensor:

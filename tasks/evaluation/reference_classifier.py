@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import Dataset, DatasetSpec, UserError
-from tasks.engine.rundir import atomic_write
+from tasks.runs.rundir import atomic_write
 
 RECIPE = {"version": 1, "width": 16, "epochs": 10, "batch_size": 64, "lr": 2e-3, "shift": 2, "seed": 0}
 """How the classifier is built and trained; part of the cache key, so a change retrains it."""
@@ -34,7 +34,7 @@ class Classifier(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         widths = [channels, width, 2 * width, 4 * width]
-        for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
+        for i, (cin, cout) in enumerate(zip(widths, widths[1:], strict=False)):
             layers += [
                 nn.Conv2d(cin, cout, 3, padding=1),
                 nn.GroupNorm(8, cout),

@@ -1,6 +1,6 @@
-"""Lightning Fabric from a spec's ``runtime``: checked against the machine, never silently changed.
+"""A spec's ``runtime`` checked against the machine and resolved, never silently changed.
 
-The checks run before :meth:`Fabric.launch`, which re-runs ``python -m tasks.run ...`` once
+The checks run before Lightning Fabric launches (:mod:`tasks.engine.fabric`), which re-runs ``python -m tasks.run ...`` once
 per extra process: everything up to here must be free of side effects.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
-from lightning_fabric import Fabric
-
-from core import RuntimeSpec, UserError
+from core import UserError
+from tasks.runs.spec import RuntimeSpec
 
 
 def _refuse(field: str, value: object, why: str, fix: str) -> UserError:
@@ -68,18 +67,6 @@ def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     if runtime.precision == "bf16-mixed" and accelerator == "cuda" and not torch.cuda.is_bf16_supported():
         raise _refuse("precision", runtime.precision, "is not supported by this GPU", 'use "16-mixed" or "32-true"')
     return runtime.model_copy(update={"accelerator": accelerator, "strategy": strategy})
-
-
-def make_fabric(runtime: RuntimeSpec) -> Fabric:
-    """A Fabric for an already resolved ``runtime`` (see :func:`resolve_runtime`); not launched yet."""
-    return Fabric(
-        accelerator=runtime.accelerator,
-        devices=runtime.devices,
-        num_nodes=runtime.num_nodes,
-        # Fabric has no name for its single-device strategy; "auto" picks it for one process.
-        strategy="auto" if runtime.strategy == "single_device" else runtime.strategy,
-        precision=runtime.precision,
-    )
 
 
 def is_rank_zero() -> bool:

@@ -6,16 +6,15 @@ named numbers (plain floats, for ``eval.json``) plus tables by class where there
 
 from __future__ import annotations
 
-
 import torch
 from lightning_fabric import Fabric
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import Dataset
-from tasks.latents import image_batches
-from tasks.metrics import frechet_distance, psnr, ssim
-from tasks.reference_classifier import ReferenceClassifier, stacked
+from tasks.autoencoder.statistics import image_batches
+from tasks.evaluation.metrics import frechet_distance, psnr, ssim
+from tasks.evaluation.reference_classifier import ReferenceClassifier, stacked
 
 
 @torch.no_grad()

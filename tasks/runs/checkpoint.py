@@ -24,10 +24,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from core import UserError
-from tasks.engine.ema import UPDATES_KEY
-from tasks.engine.rundir import atomic_write, sweep_partial
+from tasks.runs.rundir import atomic_write, sweep_partial
 
 FORMAT_VERSION = 1
+UPDATES_KEY = "__ema_updates__"
+"""The entry of an EMA's state that counts its updates (not a weight: readers of weights skip it)."""
 _STEP_FILE = re.compile(r"^step-(\d{8})\.safetensors$")
 LATEST = "latest"
 
@@ -206,6 +207,11 @@ class Checkpoints:
     def path_for(self, step: int) -> Path:
         """Where the checkpoint of ``step`` lives."""
         return self.directory / f"step-{step:08d}.safetensors"
+
+    @staticmethod
+    def step_of(path: Path) -> int:
+        """The training step of checkpoint file ``path``."""
+        return int(_STEP_FILE.match(path.name).group(1))
 
     def steps(self) -> list[int]:
         """The steps that have a complete checkpoint file, oldest first."""
