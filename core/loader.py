@@ -21,7 +21,7 @@ from importlib.metadata import EntryPoint, entry_points
 import pluggy
 
 from core import hookspecs
-from core.errors import PluginError, UserError
+from core.errors import PluginError, UserError, did_you_mean
 from core.registry import Origin, Registry
 
 ENTRY_POINT_GROUP = "ldm"
@@ -74,6 +74,22 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}{at}" if message else f"{type(exc).__name__}{at}"
 
 
+def _unknown_hook(pm: pluggy.PluginManager, name: str) -> str | None:
+    """Why plugin ``name`` fails validation when it implements a hook no hookspec defines
+    (one line naming that hook and the nearest real one, or all of them); ``None`` otherwise."""
+    plugin = pm.get_plugin(name)
+    unknown = [
+        caller.name
+        for caller in pm.get_hookcallers(plugin) or []
+        if not caller.has_spec() and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls())
+    ]
+    if not unknown:
+        return None
+    known = sorted(hook for hook, caller in vars(pm.hook).items() if not hook.startswith("_") and caller.has_spec())
+    hint = did_you_mean(unknown[0], known) or f"; a plugin may implement only {', '.join(map(repr, known))}"
+    return f"PluginValidationError: unknown hook {unknown[0]!r}{hint}"
+
+
 def _origin(ep: EntryPoint) -> Origin:
     dist = ep.dist
     return Origin(ep.name, dist.name if dist else None, dist.version if dist else None)
@@ -118,9 +134,12 @@ def load_registry(
             registered = pm.register(obtain(), name=origin.plugin)
             pm.check_pending()
         except Exception as exc:
+            error = None
             if registered is not None:
+                # pluggy's own message has no hint; ask before unregistering, while its hooks are known.
+                error = _unknown_hook(pm, origin.plugin)
                 pm.unregister(name=origin.plugin)
-            report.failed.append(Failure(origin, _one_line(exc)))
+            report.failed.append(Failure(origin, error or _one_line(exc)))
             return
         origins[origin.plugin] = origin
 

@@ -46,7 +46,8 @@ def plugin_site(tmp_path_factory):
     work = tmp_path_factory.mktemp("plugin-sources")
     site = tmp_path_factory.mktemp("plugin-site")
     sources = [
-        shutil.copytree(EXAMPLE_PLUGINS / name, work / name) for name in ("ldm-plugin-example", "ldm-plugin-broken")
+        shutil.copytree(EXAMPLE_PLUGINS / name, work / name)
+        for name in ("ldm-plugin-example", "ldm-plugin-broken", "ldm-plugin-wrong")
     ]
     subprocess.run(
         [

@@ -21,6 +21,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
         "onehot",
         "semantic_map",
         "text_bert",
+        "wrong_vector",
     ]
     assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[3]
     failed = lines[lines.index("plugins that failed to load") + 1 :]
