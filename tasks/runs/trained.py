@@ -24,17 +24,20 @@ from tasks.runs.context import RunContext
 from tasks.runs.spec import RunRef, TaskSpec
 from tasks.runs.validation import validate_task
 
-S = TypeVar("S", bound=TaskSpec)
-
 
 class TrainsModels(Protocol):
-    """A spec whose run holds trained weights (every training task's spec)."""
+    """A spec whose run holds trained weights (every training task's spec: see
+    :class:`tasks.engine.specs.TrainingTaskSpec`)."""
 
     task: str
 
     def trained_components(self) -> Mapping[str, Callable[[], nn.Module]]:
         """The models the run trains, by the name their weights are saved under, each as a
         function building it fresh (weights not loaded) exactly as the run built it."""
+
+
+T = TypeVar("T", bound=TaskSpec)
+S = TypeVar("S", bound=TrainsModels)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def run_spec(ref: RunRef, ctx: RunContext, field: str) -> TaskSpec:
         ) from None
 
 
-def spec_of(ref: RunRef, ctx: RunContext, field: str, *tasks: type[S]) -> S:
+def spec_of(ref: RunRef, ctx: RunContext, field: str, *tasks: type[T]) -> T:
     """:func:`run_spec`, refused with a :class:`UserError` unless it is the spec of one of ``tasks``."""
     spec = run_spec(ref, ctx, field)
     if not isinstance(spec, tasks):
@@ -102,7 +105,8 @@ def load_trained(ref: RunRef, ctx: RunContext, field: str, task: type[S], model:
     module = build()
     load_weights(module, read_weights(checkpoint, model, ref.weights), f"{checkpoint} ({model})")
     with safe_open(str(checkpoint), "pt") as handle:
-        extra = {key.removeprefix("extra/"): handle.get_tensor(key) for key in handle.keys() if key.startswith("extra/")}
+        stored = [key for key in handle.keys() if key.startswith("extra/")]
+        extra = {key.removeprefix("extra/"): handle.get_tensor(key) for key in stored}
     return Trained(
         run=ref.run,
         spec=spec,
