@@ -21,6 +21,7 @@ from torch import Tensor
 from core import SpecError, UserError
 from core.diffusion import NoiseSchedule
 from core.guidance import guided
+from core.masks import latent_keep_mask
 from core.sampling import Generators, denoiser, sample, sigmas
 from core.validation import problems
 from tasks.autoencoder.latent_space import LatentSpace, load_latent_space
@@ -39,17 +40,55 @@ def generate(
     conditions: dict[str, Any],
     noise: Tensor,
     generator: Generators = None,
+    start: LatentStart | None = None,
 ) -> Tensor:
     """Normalised latents (B, c, h, w) sampled from standard-normal ``noise`` of that shape.
 
     ``conditions`` holds the example fields the conditioners read, batched (B); guidance,
-    sampler, steps and spacing come from ``sampling``.
+    sampler, steps and spacing come from ``sampling``; ``start`` the latents to start from
+    (img2img) and the cells to keep (inpainting by replacement), see :func:`core.sampling.sample`.
     """
     cond, uncond = ldm.guidance_pair(conditions)
     model = guided(ldm.denoiser, cond.to(noise.device), uncond.to(noise.device), sampling.guidance)
     sampler = sampling.sampler.build()
     levels = sigmas(schedule, sampling.steps, sampling.spacing or sampler.spacing)
-    return sample(sampler, denoiser(model, schedule, ldm.prediction), noise, levels, generator=generator)
+    fn = denoiser(model, schedule, ldm.prediction)
+    if start is None:
+        return sample(sampler, fn, noise, levels, generator=generator)
+    return sample(
+        sampler, fn, noise, levels, generator=generator, init=start.latents, strength=start.strength, mask=start.keep
+    )
+
+
+@dataclass(frozen=True)
+class Init:
+    """What to start from: images (N, C, H, W) in [-1, 1]; ``strength`` in [0, 1], how much of
+    the schedule runs from them (0: the images back through the first stage; 1: all of it);
+    ``masks`` (N, 1, H, W), 1 where to generate (None: everywhere). Outside the hole the
+    result is the image itself, pasted back after decoding, as the paper's inpainting does."""
+
+    images: Tensor
+    strength: float = 1.0
+    masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise UserError(f"strength: {self.strength} is outside [0, 1]; use 0 (keep the image) to 1 (all steps)")
+        if self.masks is not None and self.masks.shape[-2:] != self.images.shape[-2:]:
+            raise UserError(
+                f"masks: {tuple(self.masks.shape[-2:])} is not the images' size {tuple(self.images.shape[-2:])}; "
+                "give one mask of the image's size per image"
+            )
+
+
+@dataclass(frozen=True)
+class LatentStart:
+    """:class:`Init` in latent space for one batch: normalised latents (B, c, h, w), the
+    strength, and the cells to keep (B, 1, h, w; 1: keep) or None."""
+
+    latents: Tensor
+    strength: float
+    keep: Tensor | None
 
 
 def batched(values: list[Any], device: torch.device) -> Any:
@@ -76,6 +115,12 @@ class Pipeline:
     weights: str
     reads: tuple[Path, ...]
     context: RunContext
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the images the model makes."""
+        factor = self.space.shape.factor
+        return self.latent_shape[1] * factor, self.latent_shape[2] * factor
 
     def sampling(self, **settings: Any) -> SamplingSpec:
         """Validated sampling settings: any field of :class:`SamplingSpec` (``sampler`` as a name
@@ -104,9 +149,11 @@ class Pipeline:
         seeds: list[int],
         batch_size: int = 16,
         progress: Callable[[int], None] | None = None,
+        init: Init | None = None,
     ) -> Tensor:
-        """Images (N, C, H, W) in [-1, 1] on the CPU, image i from ``seeds[i]`` and item i of each
-        condition list, ``batch_size`` at a time; ``progress`` gets the size of each batch done."""
+        """Images (N, C, H, W) in [-1, 1] on the CPU, image i from ``seeds[i]``, item i of each
+        condition list and of ``init``, ``batch_size`` at a time; ``progress`` gets the size of
+        each batch done."""
         device = self.space.mean.device
         out = []
         for start in range(0, len(seeds), batch_size):
@@ -114,11 +161,36 @@ class Pipeline:
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in chunk]
             noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
             batch = {key: batched(values[start : start + batch_size], device) for key, values in conditions.items()}
-            latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators)
-            out.append(self.space.decode(latents).cpu())
+            part = self._part(init, start, chunk)
+            latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, self._start(part, chunk))
+            images = self.space.decode(latents).cpu()
+            if part is not None and part.masks is not None:
+                images = part.masks * images + (1 - part.masks) * part.images
+            out.append(images)
             if progress is not None:
                 progress(len(chunk))
         return torch.cat(out)
+
+    @staticmethod
+    def _part(init: Init | None, start: int, chunk: list[int]) -> Init | None:
+        if init is None:
+            return None
+        masks = init.masks[start : start + len(chunk)] if init.masks is not None else None
+        return Init(init.images[start : start + len(chunk)].float(), init.strength, masks)
+
+    def _start(self, init: Init | None, seeds: list[int]) -> LatentStart | None:
+        """``init`` in latent space; each image encoded under its own seed (a first stage may
+        draw from its posterior), so an image is made again alone from its seed."""
+        if init is None:
+            return None
+        device = self.space.mean.device
+        latents = []
+        for image, seed in zip(init.images, seeds, strict=True):
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                latents.append(self.space.encode(image[None].to(device)))
+        keep = latent_keep_mask(init.masks, self.space.shape.factor).to(device) if init.masks is not None else None
+        return LatentStart(torch.cat(latents), init.strength, keep)
 
     def sample(
         self,
@@ -127,14 +199,35 @@ class Pipeline:
         num_images: int | None = None,
         seed: int = 0,
         batch_size: int = 16,
+        init: Tensor | None = None,
+        strength: float = 1.0,
+        masks: Tensor | None = None,
         **sampling: Any,
     ) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] for ``conditions`` (one list per field the conditioners
         read, e.g. ``{"label": [3, 7]}``; N is their length) or ``num_images`` unconditional ones;
-        image i from seed ``seed + i``. ``sampling``: see :meth:`sampling` (e.g. ``guidance=3``)."""
+        image i from seed ``seed + i``. ``sampling``: see :meth:`sampling` (e.g. ``guidance=3``).
+
+        ``init`` (N, C, H, W) in [-1, 1]: start from these images (img2img) with ``strength``;
+        ``masks`` (N, 1, H, W), 1 (white) where to generate: inpainting by replacement (see :class:`Init`).
+        """
         conditions = conditions or {}
-        count = check_conditions(self.ldm, conditions, num_images)
-        return self.generate(self.sampling(**sampling), conditions, [seed + i for i in range(count)], batch_size)
+        count = check_conditions(self.ldm, conditions, num_images or (len(init) if init is not None else None))
+        start = self.init(init, strength, masks, count) if init is not None else None
+        seeds = [seed + i for i in range(count)]
+        return self.generate(self.sampling(**sampling), conditions, seeds, batch_size, init=start)
+
+    def init(self, images: Tensor, strength: float, masks: Tensor | None, count: int, field: str = "init") -> Init:
+        """:class:`Init` of ``count`` images, checked against the model (a :class:`UserError` names what differs)."""
+        size = self.image_size
+        wanted = (count, self.space.shape.image_channels, *size)
+        if tuple(images.shape) != wanted:
+            raise UserError(f"{field}: the images are shaped {tuple(images.shape)} but the model needs {wanted}")
+        if masks is not None and tuple(masks.shape) != (count, 1, *size):
+            raise UserError(f"masks: shaped {tuple(masks.shape)} but the model needs {(count, 1, *size)} (1: generate)")
+        if masks is not None and not torch.all((masks == 0) | (masks == 1)):
+            raise UserError("masks: values other than 0 and 1; make them binary (e.g. core.masks.binarise, cut at 0.5)")
+        return Init(images, strength, masks)
 
 
 def check_conditions(

@@ -13,10 +13,12 @@ import json
 import math
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from core import UserError
-from tasks.images import make_grid, save_png
+from core.masks import binarise
+from tasks.images import make_grid, read_image, read_mask, save_png
 from tasks.ldm.generation import Pipeline, check_conditions, load_pipeline
 from tasks.ldm.specs import SampleSpec
 from tasks.runs.context import RunContext
@@ -24,9 +26,10 @@ from tasks.runs.oneshot import OneShotRun
 from tasks.runs.rundir import atomic_write
 
 
-def conditions_from_data(spec: SampleSpec, fields: list[str]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
-    """The conditioners' fields of the examples ``data_indices`` names, and for the manifest each
-    image's condition: plain values as they are, tensors as a reference to their example."""
+def _examples(spec: SampleSpec) -> list[dict[str, Any]]:
+    """The examples of ``data`` that ``data_indices`` names (none without them)."""
+    if spec.data_indices is None:
+        return []
     dataset = spec.data.build()
     outside = [i for i in spec.data_indices if i >= len(dataset)]
     if outside:
@@ -34,42 +37,95 @@ def conditions_from_data(spec: SampleSpec, fields: list[str]) -> tuple[dict[str,
             f"data_indices: {outside} are outside data ({spec.data.name}), which has {len(dataset)} "
             f"examples; use 0 to {len(dataset) - 1}"
         )
+    return [dataset[i] for i in spec.data_indices]
+
+
+def _from_data(spec: SampleSpec, examples: list[dict[str, Any]], fields: list[str]) -> list[dict[str, list[Any]]]:
+    """The ``fields`` of the examples, by field; a :class:`UserError` if the data does not give one."""
     missing = sorted(set(fields) - spec.data.cls.example_shape(spec.data.params).fields)
     if missing:
         raise UserError(
             f"data: {spec.data.name} does not give {missing}, which the model's conditioners read; "
             "choose data that does (e.g. set lowres_factor for low-res images)"
         )
-    examples = [dataset[i] for i in spec.data_indices]
-    conditions = {field: [example[field] for example in examples] for field in fields}
-    described = [
-        {
-            "data_index": i,
-            **{
-                field: example[field]
-                if isinstance(example[field], (int, float, str))
-                else f"{spec.data.name}[{i}].{field}"
-                for field in fields
-            },
-        }
-        for i, example in zip(spec.data_indices, examples, strict=True)
-    ]
-    return conditions, described
+    return {field: [example[field] for example in examples] for field in fields}
 
 
-def _conditions(spec: SampleSpec, pipe: Pipeline) -> tuple[dict[str, list[Any]], list[dict[str, Any]], int]:
+def _described(spec: SampleSpec, i: int, field: str, value: Any) -> Any:
+    """A condition as the manifest records it: plain values as they are, tensors as their example's field."""
+    return value if isinstance(value, (int, float, str)) else f"{spec.data.name}[{spec.data_indices[i]}].{field}"
+
+
+def _conditions(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]]) -> tuple[dict, list[dict], int]:
     """Each image's condition (every entry ``repeat`` times), as the model takes it and as the
     manifest describes it, and the number of images; a :class:`UserError` if they do not fit."""
-    if spec.data_indices is not None:
-        given, described = conditions_from_data(spec, sorted({m.reads(m.params) for m in pipe.ldm.conditioners}))
+    if examples:
+        given = _from_data(spec, examples, sorted({m.reads(m.params) for m in pipe.ldm.conditioners}))
+        entries = len(examples)
+        described = [
+            {"data_index": spec.data_indices[i], **{k: _described(spec, i, k, v[i]) for k, v in given.items()}}
+            for i in range(entries)
+        ]
     else:
         given = spec.conditions
         entries = len(next(iter(given.values()), []))
         described = [{key: values[i] for key, values in given.items()} for i in range(entries)]
     conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in given.items()}
     described = [entry for entry in described for _ in range(spec.repeat)]
-    count = check_conditions(pipe.ldm, conditions, spec.num_images and spec.num_images * spec.repeat)
+    unconditional = spec.num_images or (len(spec.init.images) if spec.init and spec.init.images != "data" else None)
+    count = check_conditions(pipe.ldm, conditions, unconditional and unconditional * spec.repeat)
     return conditions, described, count
+
+
+def _init_images(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]]) -> tuple[list, list[str]]:
+    """The init images of the entries (C, H, W) and how the manifest names them."""
+    if spec.init.images == "data":
+        names = [_described(spec, i, "image", None) for i in range(len(examples))]
+        return [example["image"] for example in examples], names
+    channels = pipe.space.shape.image_channels
+    images = [read_image(p, channels, pipe.image_size, f"init.images.{k}") for k, p in enumerate(spec.init.images)]
+    return images, [str(p) for p in spec.init.images]
+
+
+def _entry_masks(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]]) -> tuple[list, list[Any]]:
+    """The masks of the entries read from files or the examples, and their names (none when drawn per image)."""
+    masks = spec.init.masks
+    if masks is None or masks.generate is not None:
+        return [], []
+    if masks.files is not None:
+        read = [read_mask(p, pipe.image_size, f"init.masks.files.{k}") for k, p in enumerate(masks.files)]
+        return read, [str(p) for p in masks.files]
+    if masks.field not in examples[0]:
+        raise UserError(f"init.masks.field: data ({spec.data.name}) gives no {masks.field!r}; name a field it gives")
+    read = [binarise(example[masks.field].float().reshape(1, *example[masks.field].shape[-2:])) for example in examples]
+    return read, [_described(spec, i, masks.field, None) for i in range(len(examples))]
+
+
+def _init(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]], seeds: list[int]) -> tuple:
+    """:class:`Init` for every image (entries ``repeat`` times, drawn masks per image seed) and
+    what each manifest line records of it."""
+    if spec.init is None:
+        return None, [{} for _ in seeds]
+    images, names = _init_images(spec, pipe, examples)
+    masks, mask_names = _entry_masks(spec, pipe, examples)
+    for what, found in (("init.images", names), ("init.masks.files", mask_names)):
+        if found and len(found) * spec.repeat != len(seeds):
+            raise UserError(f"{what}: {len(found)} given for {len(seeds) // spec.repeat} entries; give one per entry")
+    repeat = [i // spec.repeat for i in range(len(seeds))]
+    record = [{"init": names[k], "strength": spec.init.strength} for k in repeat]
+    if spec.init.masks is not None and spec.init.masks.generate is not None:
+        drawn = spec.init.masks.generate
+        stack = torch.stack([drawn.draw(pipe.image_size, seed) for seed in seeds])
+        for entry in record:
+            entry["mask"] = {"generate": drawn.model_dump(mode="json")}
+    elif masks:
+        stack = torch.stack([masks[k] for k in repeat])
+        for entry, k in zip(record, repeat, strict=True):
+            entry["mask"] = mask_names[k]
+    else:
+        stack = None
+    start = pipe.init(torch.stack([images[k] for k in repeat]), spec.init.strength, stack, len(seeds))
+    return start, record
 
 
 def run(spec: SampleSpec, ctx: RunContext) -> None:
@@ -78,10 +134,12 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     spec = checked.spec
     pipe = load_pipeline(spec.model, ctx, "model", spec.runtime.accelerator)  # resolved: cpu, cuda or mps
     pipe.check(spec.sampling)
-    conditions, described, count = _conditions(spec, pipe)
+    examples = _examples(spec)
+    conditions, described, count = _conditions(spec, pipe, examples)
     seeds = [spec.seed + i for i in range(count)]
+    init, started = _init(spec, pipe, examples, seeds)
     with tqdm(total=count, desc=spec.name, unit="image", dynamic_ncols=True) as bar:
-        images = pipe.generate(spec.sampling, conditions, seeds, spec.batch_size, bar.update)
+        images = pipe.generate(spec.sampling, conditions, seeds, spec.batch_size, bar.update, init)
 
     root = checked.open(ctx, pipe.reads)
     (root / "images").mkdir()
@@ -92,8 +150,8 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
         name = f"images/{i:05d}.png"
         save_png(make_grid(image[None], 1), root / name)
         condition = described[i] if described else {}
-        line = {"file": name, "condition": condition, **made, **spec.sampling.record(), "eta": eta, "seed": seed}
-        lines.append(json.dumps(line))
+        line = {"file": name, "condition": condition, **started[i], **made, **spec.sampling.record(), "eta": eta}
+        lines.append(json.dumps({**line, "seed": seed}))
     nrow = spec.repeat if conditions and spec.repeat > 1 else math.ceil(math.sqrt(count))
     save_png(make_grid(images, nrow), root / "grid.png")
     atomic_write(root / "manifest.jsonl", ("\n".join(lines) + "\n").encode())

@@ -8,6 +8,7 @@ stage and the conditioners; ``train_ldm`` itself and ``--dry-run`` both use it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
@@ -15,6 +16,7 @@ from torch import nn
 
 from core import DenoiserSpec, SamplerSpec, SpecModel, UserError
 from core.diffusion import NoiseSchedule, ScheduleKind, Spacing, TimestepSampling, beta_schedule
+from core.masks import RandomMasks
 from tasks.autoencoder.latent_space import latent_shape_of
 from tasks.engine.specs import TrainingTaskSpec
 from tasks.ldm.model import ConditionerUse, LatentDiffusion, check_image_size, fill_denoiser
@@ -150,6 +152,37 @@ def resolve_train_ldm(spec: TrainLdmSpec, ctx: RunContext) -> TrainLdmSpec:
     return spec.model_copy(update={"denoiser": denoiser})
 
 
+class MaskSpec(SpecModel):
+    """Where the inpainting masks come from (white, 1: generate), exactly one of: image files,
+    a field of the ``data_indices`` examples, or masks drawn per image from its seed."""
+
+    files: list[Path] | None = Field(None, description="One mask file per condition entry (grey >= 0.5 is the hole).")
+    field: str | None = Field(None, description="The examples' field holding each mask (1, H, W) (needs data_indices).")
+    generate: RandomMasks | None = Field(
+        None, description='Drawn per image, e.g. {"kind": "box", "coverage": [0.25, 0.5]}.'
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> MaskSpec:
+        given = [name for name in ("files", "field", "generate") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of files, field and generate, not {given or 'none'}")
+        return self
+
+
+class InitSpec(SpecModel):
+    """Images to start from (img2img) and, with ``masks``, where to generate (inpainting)."""
+
+    images: list[Path] | Literal["data"] = Field(
+        description='One image file per condition entry (per image of an unconditional model), or "data": the '
+        "image of each data_indices example."
+    )
+    strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="How much of the schedule runs from the images: 0 keeps them, 1 runs it all."
+    )
+    masks: MaskSpec | None = Field(None, description="Inpainting: where to generate; none: the whole image.")
+
+
 class SampleSpec(TaskSpec):
     """Sample images from the LDM that run ``model`` trained."""
 
@@ -166,10 +199,16 @@ class SampleSpec(TaskSpec):
         description=("Take the conditions from these examples of `data` (maps, low-res images, labels, captions)."),
     )
     sampling: SamplingSpec = Field(default_factory=dict, validate_default=True)
+    init: InitSpec | None = Field(None, description="Start from images (img2img) or inpaint them.")
     batch_size: PositiveInt = 16
 
     @model_validator(mode="after")
     def _one_source_of_conditions(self) -> SampleSpec:
+        from_data = self.init is not None and (
+            self.init.images == "data" or (self.init.masks is not None and self.init.masks.field is not None)
+        )
+        if from_data and self.data_indices is None:
+            raise ValueError('init.images "data" and init.masks.field take the examples of data_indices; give them')
         if (self.data is None) != (self.data_indices is None):
             raise ValueError(
                 "data and data_indices go together: give both to take the conditions from examples, or neither"

@@ -1,7 +1,8 @@
 """A spec's ``runtime`` checked against the machine and resolved, never silently changed.
 
-The checks run before Lightning Fabric launches (:mod:`tasks.engine.fabric`), which re-runs ``python -m tasks.run ...`` once
-per extra process: everything up to here must be free of side effects.
+The checks run before Lightning Fabric launches (:mod:`tasks.engine.fabric`), which re-runs
+``python -m tasks.run ...`` once per extra process: everything up to here must be free of side
+effects.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 import torch
+
 from core import UserError
 from tasks.runs.spec import RuntimeSpec
 

@@ -37,7 +37,8 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise UserError(
-            f"spec file {str(path)!r} holds a JSON {type(data).__name__}, not an object; a spec is an object with 'task', 'name', ..."
+            f"spec file {str(path)!r} holds a JSON {type(data).__name__}, not an object; a spec is an object "
+            "with 'task', 'name', ..."
         )
     if not data:
         raise UserError(f"spec file {str(path)!r} holds an empty object; a spec needs at least 'task' and 'name'")
