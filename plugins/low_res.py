@@ -16,7 +16,8 @@ from pydantic import Field, NonNegativeFloat, PositiveInt
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from core import Conditioner, Conditioning, ConditioningShape, Params
+from core import Conditioning, ConditioningShape, Params
+from plugins.concat import ConcatConditioner
 
 
 def _embed(level: Tensor, dim: int) -> Tensor:
@@ -28,7 +29,7 @@ def _embed(level: Tensor, dim: int) -> Tensor:
     return F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim % 2))
 
 
-class LowRes(Conditioner):
+class LowRes(ConcatConditioner):
     """Low-res image (B, C, H/k, W/k) -> concat (B, C, H/f, W/f) plus its noise level as a vector."""
 
     class Params(Params):
@@ -51,16 +52,8 @@ class LowRes(Conditioner):
         self.null_vector = nn.Parameter(torch.zeros(params.vector_dim))
 
     @classmethod
-    def reads(cls, params: LowRes.Params) -> str:
-        return params.field
-
-    @classmethod
     def produces(cls, params: LowRes.Params) -> ConditioningShape:
         return ConditioningShape(concat=params.image_channels, vector=params.vector_dim)
-
-    @classmethod
-    def concat_factor(cls, params: LowRes.Params) -> int:
-        return params.factor
 
     def forward(self, y: Tensor) -> Conditioning:
         """Low-res images (B, C, h, w) in [-1, 1] -> concat (B, C, h k/f, w k/f), vector (B, vector_dim)."""

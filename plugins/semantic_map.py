@@ -15,10 +15,11 @@ from pydantic import Field, PositiveInt, field_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from core import Conditioner, Conditioning, ConditioningShape, Params
+from core import Conditioning, ConditioningShape, Params
+from plugins.concat import ConcatConditioner
 
 
-class SemanticMap(Conditioner):
+class SemanticMap(ConcatConditioner):
     """Semantic map: class indices (B, H, W) -> concat maps at the latent's size (+ optional tokens)."""
 
     class Params(Params):
@@ -61,16 +62,8 @@ class SemanticMap(Conditioner):
         self.null_token = nn.Parameter(torch.zeros(p.context_dim)) if p.context_dim else None
 
     @classmethod
-    def reads(cls, params: SemanticMap.Params) -> str:
-        return params.field
-
-    @classmethod
     def produces(cls, params: SemanticMap.Params) -> ConditioningShape:
         return ConditioningShape(concat=params.channels, context=params.context_dim)
-
-    @classmethod
-    def concat_factor(cls, params: SemanticMap.Params) -> int:
-        return params.factor
 
     def forward(self, y: Tensor) -> Conditioning:
         """Maps (B, H, W) of class indices -> concat (B, channels, H/f, W/f) [+ context (B, HW/f^2, d)]."""

@@ -92,12 +92,21 @@ def run_cli(tmp_path):
     return run
 
 
-TINY_AE = {
-    "task": "train_autoencoder",
-    "name": "ae",
+def sets(*assignments):
+    """Command-line arguments that set each ``key=value`` of ``assignments``: ``--set`` before each."""
+    return [arg for assignment in assignments for arg in ("--set", assignment)]
+
+
+# What the tiny test runs have in common: seed 0, on the CPU, on 8 px one-channel digits.
+TINY_RUN = {
     "seed": 0,
     "runtime": {"accelerator": "cpu"},
     "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
+}
+TINY_AE = {
+    "task": "train_autoencoder",
+    "name": "ae",
+    **TINY_RUN,
     "model": {
         "name": "autoencoder",
         "params": {

@@ -12,6 +12,7 @@ from tasks.engine.ema import UPDATES_KEY
 from tasks.evaluation.metrics import psnr, ssim
 from tasks.runs.checkpoint import read_state
 from tasks.runs.validation import validate_task
+from tests.conftest import sets
 
 
 def test_psnr_and_ssim_on_known_cases():
@@ -73,10 +74,10 @@ def test_final_checkpoint_holds_latent_statistics_and_validation_json_the_metric
 def test_vq_reports_codebook_usage_and_perplexity(cli, ae_spec, tmp_path):
     code, _, err = cli(
         ae_spec,
-        "--set",
-        'model.params.regularizer={"name": "vq", "params": {"codebook_size": 16}}',
-        "--set",
-        'loss.adversarial={"start": 3, "channels": 8, "layers": 1}',
+        *sets(
+            'model.params.regularizer={"name": "vq", "params": {"codebook_size": 16}}',
+            'loss.adversarial={"start": 3, "channels": 8, "layers": 1}',
+        ),
     )
     assert code == 0, err
     report = json.loads((tmp_path / "runs" / "ae" / "validation.json").read_text())

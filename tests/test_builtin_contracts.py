@@ -83,15 +83,7 @@ class TestAutoencoderKL(FirstStageContract):
 
 class TestAutoencoderVQ(FirstStageContract):
     component = Autoencoder
-    params = {
-        "in_channels": 3,
-        "ch": 8,
-        "ch_mult": [1, 2, 2],
-        "num_res_blocks": 1,
-        "z_channels": 3,
-        "norm_groups": 4,
-        "regularizer": {"name": "vq", "params": {"codebook_size": 16}},
-    }
+    params = {**TestAutoencoderKL.params, "regularizer": {"name": "vq", "params": {"codebook_size": 16}}}
 
 
 class TestAutoencoderAttention(FirstStageContract):

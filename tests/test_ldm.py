@@ -16,7 +16,7 @@ from core import Conditioning, load_registry
 from tasks.api import load
 from tasks.ldm.model import ConditionerUse, LatentDiffusion
 from tasks.run import main
-from tests.conftest import TINY_AE
+from tests.conftest import TINY_AE, TINY_RUN
 
 UNET = {
     "name": "unet",
@@ -32,9 +32,7 @@ UNET = {
 LDM = {
     "task": "train_ldm",
     "name": "ldm",
-    "seed": 0,
-    "runtime": {"accelerator": "cpu"},
-    "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
+    **TINY_RUN,
     "first_stage": {"run": "ae"},
     "denoiser": UNET,
     "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 16}, "drop_rate": 0.2}],

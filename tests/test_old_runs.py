@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from tasks.api import load
+from tests.test_ldm import LDM, UNET
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
 
@@ -40,6 +41,11 @@ OLD_LDM_SAMPLE_ROW = [
     -0.1625017672777176,
     -0.3403562307357788,
 ]
+# old-ldm's denoiser as its input spec gave it (fixtures/old_runs/README.md): the tests' UNet, narrowed.
+OLD_UNET = {
+    **UNET,
+    "params": {**UNET["params"], "model_channels": 4, "channel_mult": [1, 1], "norm_groups": 2, "num_heads": 1},
+}
 
 
 @pytest.fixture
@@ -56,6 +62,11 @@ def write(tmp_path, spec):
     path = tmp_path / f"{spec['name']}.json"
     path.write_text(json.dumps(spec))
     return path
+
+
+def on_old_run(task, name, run, **rest):
+    """A ``task`` spec named ``name`` on the run ``run``, with seed 0 on the CPU."""
+    return {"task": task, "name": name, "seed": 0, "runtime": {"accelerator": "cpu"}, "model": {"run": run}, **rest}
 
 
 def checkpoints(run_dir):
@@ -78,15 +89,13 @@ def test_the_fixture_is_as_the_old_code_wrote_it():
 
 
 def test_sample_an_old_ldm(runs, tmp_path, cli):
-    spec = {
-        "task": "sample",
-        "name": "old-samples",
-        "seed": 0,
-        "runtime": {"accelerator": "cpu"},
-        "model": {"run": "old-ldm"},
-        "conditions": {"label": [1, 2]},
-        "sampling": {"sampler": {"name": "dpmpp_2m"}, "steps": 3},
-    }
+    spec = on_old_run(
+        "sample",
+        "old-samples",
+        "old-ldm",
+        conditions={"label": [1, 2]},
+        sampling={"sampler": {"name": "dpmpp_2m"}, "steps": 3},
+    )
     code, out, err = cli(write(tmp_path, spec))
     assert code == 0, err
     out_dir = runs / "old-samples"
@@ -112,8 +121,7 @@ def test_sample_an_old_ldm(runs, tmp_path, cli):
 
 
 def test_evaluate_an_old_autoencoder(runs, tmp_path, cli):
-    spec = {"task": "evaluate", "name": "old-ae-eval", "seed": 0, "runtime": {"accelerator": "cpu"}}
-    spec["model"] = {"run": "old-ae"}
+    spec = on_old_run("evaluate", "old-ae-eval", "old-ae")
     code, out, err = cli(write(tmp_path, spec))
     assert code == 0, err
     report = json.loads((runs / "old-ae-eval" / "eval.json").read_text())
@@ -146,25 +154,11 @@ def test_resume_an_old_run_for_more_steps(runs, cli, name):
 
 def test_train_a_new_ldm_on_an_old_autoencoder(runs, tmp_path, cli):
     spec = {
-        "task": "train_ldm",
+        **LDM,
         "name": "new-ldm",
-        "seed": 0,
-        "runtime": {"accelerator": "cpu"},
-        "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
         "first_stage": {"run": "old-ae"},
-        "denoiser": {
-            "name": "unet",
-            "params": {
-                "model_channels": 4,
-                "channel_mult": [1, 1],
-                "num_res_blocks": 1,
-                "attention_levels": [1],
-                "norm_groups": 2,
-                "num_heads": 1,
-            },
-        },
-        "conditioners": [{"name": "class_label", "params": {"num_classes": 10, "dim": 16}, "drop_rate": 0.2}],
-        "sampling": {"sampler": {"name": "dpmpp_2m"}, "steps": 4},
+        "denoiser": OLD_UNET,
+        "sampling": {**LDM["sampling"], "steps": 4},
         "train": {
             "max_steps": 2,
             "batch_size": 8,

@@ -2,31 +2,8 @@
 
 import types
 
-import torch
-
-import core
 from core import hookimpl, load_registry
-
-
-class Dummy(core.Conditioner):
-    """A do-nothing conditioner, so a good plugin has something to register."""
-
-    class Params(core.Params):
-        dim: int = 4
-
-    @classmethod
-    def reads(cls, params):
-        return "label"
-
-    @classmethod
-    def produces(cls, params):
-        return core.ConditioningShape(vector=params.dim)
-
-    def forward(self, y):
-        return core.Conditioning(vector=torch.zeros(len(y), self.params.dim))
-
-    def unconditional(self, cond):
-        return cond
+from tests.test_loading import Dummy, plugin
 
 
 def plugin_with_hook(name, hook):
@@ -37,9 +14,7 @@ def plugin_with_hook(name, hook):
 
 
 def good_plugin():
-    module = types.ModuleType("good")
-    module.ldm_register = hookimpl(lambda registry: registry.add("dummy", Dummy))
-    return module
+    return plugin("good", lambda registry: registry.add("dummy", Dummy))
 
 
 def test_a_misspelled_hook_suggests_the_hook_it_resembles():

@@ -13,6 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from tests.conftest import sets
+
 
 def checkpoint(run, step):
     return load_file(str(run / "checkpoints" / f"step-{step:08d}.safetensors"))
@@ -124,18 +126,14 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
     )
     code, _, err = cli(
         ae_spec,
-        "--set",
-        "name=tuned",
-        "--set",
-        'train.init_from={"run": "base", "weights": "raw"}',
-        "--set",
-        "train.optimizer.warmup_steps=0",
-        "--set",
-        "train.optimizer.lr=1e-9",
-        "--set",
-        "train.max_steps=1",
-        "--set",
-        "train.ema=null",
+        *sets(
+            "name=tuned",
+            'train.init_from={"run": "base", "weights": "raw"}',
+            "train.optimizer.warmup_steps=0",
+            "train.optimizer.lr=1e-9",
+            "train.max_steps=1",
+            "train.ema=null",
+        ),
     )
     assert code == 0, err
     base, tuned = checkpoint(tmp_path / "runs" / "base", 30), checkpoint(tmp_path / "runs" / "tuned", 1)
@@ -158,14 +156,7 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
 def test_a_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(cli, ae_spec, tmp_path):
     code, _, err = cli(
         ae_spec,
-        "--set",
-        "train.optimizer.name=sgd",
-        "--set",
-        "train.optimizer.lr=1e8",
-        "--set",
-        "train.max_steps=50",
-        "--set",
-        "train.checkpoint_every=1",
+        *sets("train.optimizer.name=sgd", "train.optimizer.lr=1e8", "train.max_steps=50", "train.checkpoint_every=1"),
     )
     assert code == 1
     assert "is not finite at step" in err and "stopped before updating the weights" in err
@@ -243,20 +234,14 @@ def test_sigterm_checkpoints_at_the_next_step_and_resume_finishes_identically(ae
     assert losses(run) == losses(tmp_path / "runs" / "whole")
 
 
-SGD_NO_NOISE = [
-    "--set",
+SGD_NO_NOISE = sets(
     "train.optimizer.name=sgd",
-    "--set",
     "train.optimizer.lr=0.001",
-    "--set",
     "train.optimizer.warmup_steps=0",
-    "--set",
     "train.ema=null",
-    "--set",
     "model.params.regularizer.params.sample=false",
-    "--set",
     "train.max_steps=4",
-]
+)
 
 
 def test_channels_last_and_contiguous_weights_train_alike(cli, ae_spec, tmp_path):
@@ -266,12 +251,7 @@ def test_channels_last_and_contiguous_weights_train_alike(cli, ae_spec, tmp_path
         code, _, err = cli(
             ae_spec,
             *SGD_NO_NOISE,
-            "--set",
-            "train.checkpoint_every=4",
-            "--set",
-            f"name={layout}",
-            "--set",
-            f"runtime.memory_format={layout}",
+            *sets("train.checkpoint_every=4", f"name={layout}", f"runtime.memory_format={layout}"),
         )
         assert code == 0, err
     a, b = (checkpoint(tmp_path / "runs" / layout, 4) for layout in ("channels_last", "contiguous"))

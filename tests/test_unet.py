@@ -7,15 +7,9 @@ from pydantic import ValidationError
 from core import Conditioning, load_registry
 from core.testing import DenoiserContract
 from plugins.unet import UNet, timestep_embedding
+from tests.test_ldm import UNET
 
-TINY = {
-    "model_channels": 8,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "attention_levels": [1],
-    "norm_groups": 4,
-    "num_heads": 2,
-}
+TINY = UNET["params"]  # the tiny UNet the LDM tests train
 
 
 class TestUNetUnconditional(DenoiserContract):

@@ -9,26 +9,11 @@ the denoiser.
 import json
 
 from tests.conftest import TINY_AE
+from tests.test_ldm import LDM
 
-UNET = {
-    "name": "unet",
-    "params": {
-        "model_channels": 8,
-        "channel_mult": [1, 2],
-        "num_res_blocks": 1,
-        "attention_levels": [1],
-        "norm_groups": 4,
-        "num_heads": 2,
-    },
-}
 WRONG_LDM = {
-    "task": "train_ldm",
+    **{key: value for key, value in LDM.items() if key != "sampling"},
     "name": "wrong-ldm",
-    "seed": 0,
-    "runtime": {"accelerator": "cpu"},
-    "data": {"name": "digits", "params": {"size": 8, "channels": 1}},
-    "first_stage": {"run": "ae"},
-    "denoiser": UNET,
     "conditioners": [{"name": "wrong_vector", "params": {}}],
     "train": {"max_steps": 2, "batch_size": 8},
 }
