@@ -16,6 +16,7 @@ def ldm_register(registry):
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
     from plugins.kl import KL
+    from plugins.layout import Layout
     from plugins.low_res import LowRes
     from plugins.samplers import (
         DdimSampler,
@@ -40,6 +41,7 @@ def ldm_register(registry):
     registry.add("identity", IdentityFirstStage)
     registry.add("image_folder", ImageFolder)
     registry.add("kl", KL)
+    registry.add("layout", Layout)
     registry.add("low_res", LowRes)
     registry.add("ddim", DdimSampler)
     registry.add("ddpm", DdpmSampler)

@@ -42,7 +42,7 @@ def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
     assert found == {
         "conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-        "installed conditioners: class_label, frozen_text_encoder, low_res, semantic_map, text_bert"
+        "installed conditioners: class_label, frozen_text_encoder, layout, low_res, semantic_map, text_bert"
     }
 
 
@@ -146,6 +146,7 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == [
         "class_label",
         "frozen_text_encoder",
+        "layout",
         "low_res",
         "semantic_map",
         "text_bert",
