@@ -89,6 +89,13 @@ class FirstStage(Component, nn.Module, abc.ABC):
     def decode(self, z: Tensor) -> Tensor:
         """Latents (B, c, h, w) -> images (B, C_img, h*f, w*f) in about [-1, 1]."""
 
+    def mode(self, x: Tensor) -> Tensor:
+        """Images (B, C_img, H, W) in [-1, 1] -> their most likely latents (B, c, H/f, W/f),
+        never a draw: a posterior's mean, a VQ model's latent before quantisation. What a
+        conditioner that encodes images with the first stage sees (as the original code takes a
+        posterior's mode for conditions). By default :meth:`encode`."""
+        return self.encode(x)
+
     def moments(self, x: Tensor) -> Tensor:
         """Images (B, C_img, H, W) -> what the encoder emits before the regulariser (B, m, h, w).
 
@@ -150,6 +157,11 @@ class Regularizer(Component, nn.Module, abc.ABC):
     @abc.abstractmethod
     def latent(self, moments: Tensor) -> Tensor:
         """Moments (B, m, h, w) -> the latent (B, c, h, w) that diffusion is trained on."""
+
+    def mode(self, moments: Tensor) -> Tensor:
+        """Moments (B, m, h, w) -> the most likely latent (B, c, h, w), never a draw (a
+        posterior's mean). By default :meth:`latent`, for regularisers that draw nothing."""
+        return self.latent(moments)
 
     @abc.abstractmethod
     def quantize(self, z: Tensor) -> Tensor:
@@ -221,6 +233,18 @@ class Conditioner(Component, nn.Module, abc.ABC):
         this is the first stage's f); ``None`` when it gives no concat part."""
         return None
 
+    @classmethod
+    def first_stage_channels(cls, params: Params) -> int | None:
+        """The latent channels c of the first stage whose encoder it uses (a pipeline checks
+        that they are the first stage's and then calls :meth:`use_first_stage`); ``None``, the
+        default, when it uses none."""
+        return None
+
+    def use_first_stage(self, encoder: FrozenEncoder) -> None:
+        """Take the frozen first stage's encoder, for a conditioner whose
+        :meth:`first_stage_channels` is not ``None``; called once the model is built, before any
+        ``forward``. Keep it as given: it is no part of the conditioner's weights."""
+
     def fit(self, values: Sequence[Any]) -> None:
         """Learn what must be known before training from the training data (e.g. a vocabulary).
 
@@ -237,6 +261,33 @@ class Conditioner(Component, nn.Module, abc.ABC):
     @abc.abstractmethod
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """The "no condition" output shaped like ``cond`` (same parts, shapes, dtype, device)."""
+
+
+class FrozenEncoder:
+    """A frozen first stage's :meth:`FirstStage.mode`, as a conditioner uses it: images
+    (B, C_img, H, W) in [-1, 1] -> latents (B, c, H/f, W/f), without gradients, in the input's
+    dtype.
+
+    Not a module, so it is no part of a conditioner's weights, and never copied: an EMA copy
+    of the conditioner shares the one first stage, which its owner moves between devices.
+    """
+
+    def __init__(self, first_stage: FirstStage) -> None:
+        self._first_stage = first_stage
+
+    @property
+    def shape(self) -> LatentShape:
+        """What the first stage declares."""
+        return type(self._first_stage).latent_shape(self._first_stage.params)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        weight = next(self._first_stage.parameters(), None)
+        dtype = weight.dtype if weight is not None else images.dtype
+        with torch.no_grad():
+            return self._first_stage.mode(images.to(dtype)).to(images.dtype)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenEncoder:
+        return self
 
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]

@@ -21,6 +21,8 @@ from core.params import SpecModel
 
 MaskKind = Literal["box", "strokes", "mixed"]
 _MAX_STROKES = 100  # a bound, never reached at sensible coverages
+MASKED_IMAGE = "masked_image"
+"""The example field an inpainting model reads: :func:`masked_input` of the image and its mask."""
 THRESHOLD = 0.5
 """A grey level (0 to 1) at or above this is the hole, as the paper's inpainting script reads masks."""
 
@@ -93,6 +95,14 @@ def random_mask(
     if kind == "mixed":
         kind = "box" if torch.rand((), generator=generator).item() < 0.5 else "strokes"
     return (_box if kind == "box" else _strokes)(size, generator, coverage)
+
+
+def masked_input(images: Tensor, masks: Tensor) -> Tensor:
+    """What an inpainting model is shown of images (B, C, H, W) in [-1, 1] with masks
+    (B, 1, H, W) of 0 and 1 (1: generate): (B, C + 1, H, W), the image with its hole at -1
+    and then the mask as -1 (keep) / +1 (hole), the values the paper's inpainting script feeds
+    its model (it masks in [0, 1], then maps everything by 2v - 1)."""
+    return torch.cat([images * (1 - masks) - masks, 2 * masks - 1], dim=1)
 
 
 def latent_keep_mask(mask: Tensor, factor: int) -> Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.errors import UserError
 
-PLUGIN_API_VERSION = "1.4"
+PLUGIN_API_VERSION = "1.5"
 
 
 class PluginAPIError(UserError):

@@ -15,9 +15,11 @@ def ldm_register(registry):
     from plugins.frozen_text_encoder import FrozenTextEncoder
     from plugins.identity import IdentityFirstStage
     from plugins.image_folder import ImageFolder
+    from plugins.inpainting import Inpainting
     from plugins.kl import KL
     from plugins.layout import Layout
     from plugins.low_res import LowRes
+    from plugins.masked import Masked
     from plugins.samplers import (
         DdimSampler,
         DdpmSampler,
@@ -40,9 +42,11 @@ def ldm_register(registry):
     registry.add("frozen_text_encoder", FrozenTextEncoder)
     registry.add("identity", IdentityFirstStage)
     registry.add("image_folder", ImageFolder)
+    registry.add("inpainting", Inpainting)
     registry.add("kl", KL)
     registry.add("layout", Layout)
     registry.add("low_res", LowRes)
+    registry.add("masked", Masked)
     registry.add("ddim", DdimSampler)
     registry.add("ddpm", DdpmSampler)
     registry.add("dpmpp_2m", DpmPP2MSampler)

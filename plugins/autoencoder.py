@@ -115,6 +115,9 @@ class Autoencoder(FirstStage):
     def encode(self, x: Tensor) -> Tensor:
         return self.latent_from_moments(self.encoder(x))
 
+    def mode(self, x: Tensor) -> Tensor:
+        return self.regularizer.mode(self.encoder(x))
+
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(self.regularizer.quantize(z))
 

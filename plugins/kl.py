@@ -39,5 +39,8 @@ class KL(Regularizer):
     def latent(self, moments: Tensor) -> Tensor:
         return self._draw(*self._split(moments))
 
+    def mode(self, moments: Tensor) -> Tensor:
+        return self._split(moments)[0]
+
     def quantize(self, z: Tensor) -> Tensor:
         return z

@@ -138,3 +138,27 @@ def captions(
         metrics[f"caption_match {group}"] = matches[chosen].double().mean().item()
         metrics[f"judge_match_on_real {group}"] = on_real[chosen].double().mean().item()
     return metrics, {}
+
+
+def mean_fill(images: Tensor, masks: Tensor) -> Tensor:
+    """Images (N, C, H, W) with each hole (masks (N, 1, H, W), 1: hole) filled by the mean
+    colour of the image's kept pixels: the floor an inpainting model must clear."""
+    keep = 1 - masks
+    colour = (images * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp_min(1)
+    return images * keep + colour * masks
+
+
+def inpainting(images: Tensor, truth: Tensor, masks: Tensor) -> dict[str, float]:
+    """Inpainted images against the truth inside the hole only (masks (N, 1, H, W), 1: hole):
+    PSNR and SSIM there, beside a mean-colour fill of the same holes (the floor)."""
+    filled = mean_fill(truth, masks)
+    ours, floor = psnr(images, truth, masks), psnr(filled, truth, masks)
+    return {
+        "hole_psnr": ours.mean().item(),
+        "hole_ssim": ssim(images, truth, masks).mean().item(),
+        "mean_fill_hole_psnr": floor.mean().item(),
+        "mean_fill_hole_ssim": ssim(filled, truth, masks).mean().item(),
+        "hole_psnr_gain_over_mean_fill": (ours - floor).mean().item(),
+        "hole_fraction": masks.mean().item(),
+        "images": len(images),
+    }

@@ -7,17 +7,24 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
-def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio in dB of each image pair (B, C, H, W) -> (B,); the peak-to-peak range is 2."""
-    mse = (x - y).pow(2).flatten(1).mean(1)
+def psnr(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Peak signal-to-noise ratio in dB of each image pair (B, C, H, W) -> (B,); the peak-to-peak
+    range is 2. With ``mask`` (B, 1, H, W) of 0 and 1, over the pixels where it is 1 only."""
+    error = (x - y).pow(2)
+    if mask is None:
+        mse = error.flatten(1).mean(1)
+    else:
+        weights = mask.expand_as(error)
+        mse = (error * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
-def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+def ssim(x: Tensor, y: Tensor, mask: Tensor | None = None, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Structural similarity of each image pair (B, C, H, W) -> (B,), on images mapped to [0, 1].
 
     A Gaussian window (shrunk to the image for small images, kept odd), constants
-    (0.01)^2 and (0.03)^2, averaged over channels and valid positions (Wang et al., 2004).
+    (0.01)^2 and (0.03)^2, averaged over channels and valid positions (Wang et al., 2004);
+    with ``mask`` (B, 1, H, W) of 0 and 1, over the valid positions whose window centre it marks.
     """
     x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
     size = min(window, x.shape[-1], x.shape[-2])
@@ -34,7 +41,11 @@ def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     c1, c2 = 0.01**2, 0.03**2
     score = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return score.flatten(1).mean(1)
+    if mask is None:
+        return score.flatten(1).mean(1)
+    r = size // 2
+    weights = mask[..., r : mask.shape[-2] - r, r : mask.shape[-1] - r].float().expand_as(score)
+    return (score * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1)
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:

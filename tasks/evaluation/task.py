@@ -15,6 +15,9 @@ What is measured follows from the run:
   bicubic upsampling; maps by the IoU of sample and map foregrounds; captions by whether
   the sample shows what its caption says, where the dataset can read captions from pixels
   (``Dataset.caption_matches``: ``shapes`` can);
+- inpainting (validation examples with a ``mask`` field, as the ``masked`` dataset gives):
+  the holes filled by the model's ``inpainting`` conditioner, or by replacement for a model
+  without one, judged by PSNR and SSIM inside the hole beside a mean-colour fill;
 
 Writes ``eval.json`` in its own run directory, a table on the terminal and TensorBoard scalars
 with a grid of samples.
@@ -31,6 +34,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from core import UserError
+from core.masks import MASKED_IMAGE, binarise, masked_input
 from tasks.autoencoder.spec import TrainAutoencoderSpec
 from tasks.engine.fabric import make_fabric
 from tasks.evaluation import judges
@@ -73,6 +77,8 @@ def _measure_ldm(
             f"model.run: {spec.model.run!r} is conditioned on text ({texts}) and {data.name} cannot read "
             "its captions back from pixels; no measure applies (use the sample task and look at the grid)"
         )
+    if "mask" in example:
+        return _measure_inpainting(spec, pipe, sampling, val, fields)
     label = _class_field(example, fields)
     if fields and label is not None and len(fields) == 1:
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
@@ -107,6 +113,30 @@ def _measure_ldm(
             metrics.update(found)
             tables.update(table)
     return metrics, tables, images
+
+
+def _measure_inpainting(
+    spec: EvaluateSpec, pipe: Pipeline, sampling: SamplingSpec, val: Any, fields: list[str]
+) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
+    """Fill the holes of the first ``num_images`` validation examples (their ``mask`` field):
+    from the model's own view of them where it reads ``masked_image`` (an inpainting model),
+    else by replacement from the example's image; the kept pixels are the truth's either way.
+    (metrics, no tables, pairs of masked input and result for the grid)."""
+    count = min(spec.num_images, len(val))
+    examples = [val[i] for i in range(count)]
+    conditions = {key: [e[key] for e in examples] for key in fields}
+    truth = torch.stack([e["image"] for e in examples])
+    masks = torch.stack([binarise(e["mask"].float()) for e in examples])
+    replacement = MASKED_IMAGE not in fields
+    init = pipe.init(truth, 1.0, masks, count, "data.image") if replacement else None
+    seeds = [spec.seed + i for i in range(count)]
+    with tqdm(total=count, desc="inpainting", unit="image", dynamic_ncols=True) as bar:
+        images = pipe.generate(sampling, conditions, seeds, spec.batch_size, bar.update, init)
+    images = masks * images + (1 - masks) * truth
+    metrics: dict[str, Any] = {"method": "replacement" if replacement else "inpainting model"}
+    metrics.update(judges.inpainting(images, truth, masks))
+    shown = masked_input(truth, masks)[:, :-1]
+    return metrics, {}, torch.stack([shown, images], dim=1).flatten(0, 1)
 
 
 def _first_stage_report(spec: EvaluateSpec, ctx: RunContext) -> tuple[dict[str, Any], list, Tensor | None]:
@@ -144,7 +174,8 @@ def _write(run_dir: RunDir, report: dict[str, Any], grid: Tensor | None, out: An
     atomic_write(root / "eval.json", json.dumps(report, indent=2).encode())
     with SummaryWriter(str(run_dir.tensorboard)) as writer:
         for key, value in metrics.items():
-            writer.add_scalar(f"eval/{key}", value, step)
+            if isinstance(value, (int, float)):
+                writer.add_scalar(f"eval/{key}", value, step)
         if grid is not None:
             save_png(grid, root / "grid.png")
             writer.add_image("eval/samples", grid, step)

@@ -21,7 +21,7 @@ from torch import Tensor
 from core import SpecError, UserError
 from core.diffusion import NoiseSchedule
 from core.guidance import guided
-from core.masks import latent_keep_mask
+from core.masks import MASKED_IMAGE, latent_keep_mask, masked_input
 from core.sampling import Generators, denoiser, sample, sigmas
 from core.validation import problems
 from tasks.autoencoder.latent_space import LatentSpace, load_latent_space
@@ -122,6 +122,12 @@ class Pipeline:
         factor = self.space.shape.factor
         return self.latent_shape[1] * factor, self.latent_shape[2] * factor
 
+    @property
+    def inpaints(self) -> bool:
+        """Whether the model reads the masked image (an inpainting model): given init images and
+        masks, it is shown them instead of starting from the images' latents."""
+        return any(m.reads(m.params) == MASKED_IMAGE for m in self.ldm.conditioners)
+
     def sampling(self, **settings: Any) -> SamplingSpec:
         """Validated sampling settings: any field of :class:`SamplingSpec` (``sampler`` as a name
         or a component spec, ``steps``, ``spacing``, ``guidance``), its defaults for the rest.
@@ -162,7 +168,12 @@ class Pipeline:
             noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
             batch = {key: batched(values[start : start + batch_size], device) for key, values in conditions.items()}
             part = self._part(init, start, chunk)
-            latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, self._start(part, chunk))
+            if self.inpaints and part is not None and part.masks is not None and MASKED_IMAGE not in batch:
+                batch[MASKED_IMAGE] = masked_input(part.images, part.masks).to(device)
+                begin = None  # the model sees the kept pixels itself, as the paper's inpainting samples
+            else:
+                begin = self._start(part, chunk)
+            latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, begin)
             images = self.space.decode(latents).cpu()
             if part is not None and part.masks is not None:
                 images = part.masks * images + (1 - part.masks) * part.images
@@ -212,7 +223,10 @@ class Pipeline:
         ``masks`` (N, 1, H, W), 1 (white) where to generate: inpainting by replacement (see :class:`Init`).
         """
         conditions = conditions or {}
-        count = check_conditions(self.ldm, conditions, num_images or (len(init) if init is not None else None))
+        derived = {MASKED_IMAGE} if masks is not None else set()
+        count = check_conditions(
+            self.ldm, conditions, num_images or (len(init) if init is not None else None), derived=derived
+        )
         start = self.init(init, strength, masks, count) if init is not None else None
         seeds = [seed + i for i in range(count)]
         return self.generate(self.sampling(**sampling), conditions, seeds, batch_size, init=start)
@@ -231,10 +245,15 @@ class Pipeline:
 
 
 def check_conditions(
-    ldm: LatentDiffusion, conditions: dict[str, list[Any]], num_images: int | None, field: str = "conditions"
+    ldm: LatentDiffusion,
+    conditions: dict[str, list[Any]],
+    num_images: int | None,
+    field: str = "conditions",
+    derived: set[str] = frozenset(),
 ) -> int:
-    """How many images ``conditions`` ask for; a :class:`UserError` if they do not fit the model."""
-    needed = sorted({m.reads(m.params) for m in ldm.conditioners})
+    """How many images ``conditions`` ask for; a :class:`UserError` if they do not fit the model.
+    ``derived``: fields made from the init images and masks where not given (the masked image)."""
+    needed = sorted({m.reads(m.params) for m in ldm.conditioners} - (derived - set(conditions)))
     given = sorted(conditions)
     if given != needed:
         raise UserError(
@@ -265,7 +284,7 @@ def load_pipeline(ref: RunRef, ctx: RunContext, field: str, device: str | torch.
         raise UserError(f"{field}: {ref.run!r} was trained on images of varying size; sampling needs a fixed size")
     factor = space.shape.factor
     return Pipeline(
-        ldm=trained.module.to(device),
+        ldm=trained.module.use_first_stage(space.first_stage).to(device),
         space=space.to(device),
         schedule=spec.diffusion.noise_schedule(),
         latent_shape=(space.shape.channels, size[0] // factor, size[1] // factor),

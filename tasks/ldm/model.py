@@ -15,7 +15,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from core import Conditioner, ConditionerSpec, Conditioning, ConditioningShape, DenoiserSpec, UserError
+from core import (
+    Conditioner,
+    ConditionerSpec,
+    Conditioning,
+    ConditioningShape,
+    DenoiserSpec,
+    FirstStage,
+    FrozenEncoder,
+    UserError,
+)
 from core.diffusion import Prediction
 from core.guidance import unconditional_half
 from core.interfaces import ExampleShape, LatentShape
@@ -62,6 +71,12 @@ def fill_denoiser(
             raise UserError(
                 f"conditioners.{i} ({use.name}) makes maps {factor} times smaller than the image but the "
                 f"first stage's latent is {latent.factor} times smaller; set its factor to {latent.factor}"
+            )
+        channels = use.cls.first_stage_channels(use.params)
+        if channels is not None and channels != latent.channels:
+            raise UserError(
+                f"conditioners.{i} ({use.name}) encodes with a first stage of {channels} latent channels but the "
+                f"first stage has {latent.channels}; set its latent_channels to {latent.channels}"
             )
     try:
         cond = ConditioningShape.combine(
@@ -123,6 +138,13 @@ class LatentDiffusion(nn.Module):
             module.requires_grad_(use.trains)
         self.train()
 
+    def use_first_stage(self, first_stage: FirstStage) -> LatentDiffusion:
+        """Hand the frozen first stage's encoder to the conditioners that encode with it."""
+        for module in self.conditioners:
+            if module.first_stage_channels(module.params) is not None:
+                module.use_first_stage(FrozenEncoder(first_stage))
+        return self
+
     @property
     def prediction(self) -> Prediction:
         return self.denoiser.prediction
@@ -175,6 +197,8 @@ class LatentDiffusion(nn.Module):
         try:
             for i, (module, use) in enumerate(zip(self.conditioners.eval(), self.uses, strict=True)):
                 key = module.reads(module.params)
+                if key not in batch:  # made later from what is checked on its own (the masked image)
+                    continue
                 try:
                     cond = module(batch[key])
                 except (ValueError, TypeError) as exc:

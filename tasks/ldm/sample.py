@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from core import UserError
-from core.masks import binarise
+from core.masks import MASKED_IMAGE, binarise
 from tasks.images import make_grid, read_image, read_mask, save_png
 from tasks.ldm.generation import Pipeline, check_conditions, load_pipeline
 from tasks.ldm.specs import SampleSpec
@@ -59,8 +59,11 @@ def _described(spec: SampleSpec, i: int, field: str, value: Any) -> Any:
 def _conditions(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]]) -> tuple[dict, list[dict], int]:
     """Each image's condition (every entry ``repeat`` times), as the model takes it and as the
     manifest describes it, and the number of images; a :class:`UserError` if they do not fit."""
+    derived = {MASKED_IMAGE} if spec.init is not None and spec.init.masks is not None else set()
     if examples:
-        given = _from_data(spec, examples, sorted({m.reads(m.params) for m in pipe.ldm.conditioners}))
+        fields = {m.reads(m.params) for m in pipe.ldm.conditioners}
+        known = spec.data.cls.example_shape(spec.data.params).fields
+        given = _from_data(spec, examples, sorted(fields - (derived - known)))
         entries = len(examples)
         described = [
             {"data_index": spec.data_indices[i], **{k: _described(spec, i, k, v[i]) for k, v in given.items()}}
@@ -72,8 +75,9 @@ def _conditions(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]]
         described = [{key: values[i] for key, values in given.items()} for i in range(entries)]
     conditions = {key: [value for value in values for _ in range(spec.repeat)] for key, values in given.items()}
     described = [entry for entry in described for _ in range(spec.repeat)]
-    unconditional = spec.num_images or (len(spec.init.images) if spec.init and spec.init.images != "data" else None)
-    count = check_conditions(pipe.ldm, conditions, unconditional and unconditional * spec.repeat)
+    from_files = len(spec.init.images) if spec.init and spec.init.images != "data" else None
+    unconditional = spec.num_images or entries or from_files
+    count = check_conditions(pipe.ldm, conditions, unconditional and unconditional * spec.repeat, derived=derived)
     return conditions, described, count
 
 

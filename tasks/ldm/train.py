@@ -36,7 +36,7 @@ class LdmObjective(Objective):
         super().__init__()
         self.spec, self.dataset, self.space, self.ctx = spec, dataset, space, ctx
         self.schedule = spec.diffusion.noise_schedule()
-        self.nets["ldm"] = spec.build()
+        self.nets["ldm"] = spec.build().use_first_stage(space.first_stage)
         for i, (module, use) in enumerate(zip(self.nets["ldm"].conditioners, spec.conditioners, strict=True)):
             if type(module).fit is not Conditioner.fit:  # only those that learn from the data read it all
                 field = module.reads(module.params)
