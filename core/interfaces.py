@@ -353,6 +353,14 @@ class Dataset(Component, torch.utils.data.Dataset, abc.ABC):
         default, where the dataset cannot read its own captions in pixels (most cannot)."""
         return None
 
+    def boxes_found(self, images: Tensor, boxes: Tensor) -> Tensor | None:
+        """Whether each asked object of a layout shows in its box: images (N, C, H, W) in
+        [-1, 1], boxes (N, M, 5) of rows (class, x0, y0, x1, y1), class -1 an empty row ->
+        bool (N, M), true where the image has an object of that class whose box overlaps the
+        asked one with IoU >= 0.5 (false on empty rows). ``None``, the default, where the
+        dataset cannot read objects from pixels."""
+        return None
+
 
 INTERFACES: dict[str, type[Component]] = {
     "first_stage": FirstStage,

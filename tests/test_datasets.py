@@ -30,7 +30,7 @@ def caption_pairs(caption):
 
 def test_shapes_fields_agree_pixel_for_pixel():
     ds = Shapes(Shapes.Params(size=24, num_examples=200))
-    assert Shapes.example_shape(ds.params).fields == {"image", "label", "caption", "segmentation"}
+    assert Shapes.example_shape(ds.params).fields == {"image", "label", "caption", "segmentation", "boxes"}
     counts = {1: 0, 2: 0}
     for i in range(len(ds)):
         ex = ds[i]

@@ -111,6 +111,10 @@ def test_sampling_from_files_shows_the_model_the_masked_image_and_keeps_the_rest
     assert torch.equal(out * masks, direct * masks), "the same as giving the masked image as the condition"
 
 
+def manifest(run_dir):
+    return [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
+
+
 def save(path, array):
     Image.fromarray(array.astype(np.uint8), mode="L").save(path)
     return str(path)
@@ -130,7 +134,7 @@ def test_a_manifest_line_of_an_inpainting_model_makes_its_image_again(cli, train
         "sampling": {"steps": 4},
     }
     run(cli, trained, spec)
-    lines = [json.loads(line) for line in (trained / "runs" / "inpaint-files" / "manifest.jsonl").read_text().splitlines()]
+    lines = manifest(trained / "runs" / "inpaint-files")
     assert [line["mask"] for line in lines] == [mask, mask] and lines[1]["seed"] == 10
     again = {**spec, "name": "again", "seed": 10, "init": {"images": [image], "masks": {"files": [mask]}}}
     run(cli, trained, again)
@@ -140,5 +144,5 @@ def test_a_manifest_line_of_an_inpainting_model_makes_its_image_again(cli, train
     from_data = {**spec, "name": "inpaint-data", "data": MASKED, "data_indices": [2, 5]}
     del from_data["init"]
     run(cli, trained, from_data)
-    lines = [json.loads(line) for line in (trained / "runs" / "inpaint-data" / "manifest.jsonl").read_text().splitlines()]
+    lines = manifest(trained / "runs" / "inpaint-data")
     assert lines[0]["condition"] == {"data_index": 2, "masked_image": "masked[2].masked_image"}

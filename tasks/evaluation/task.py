@@ -14,7 +14,8 @@ What is measured follows from the run:
   ``num_images`` validation examples' conditions; super-resolution against the truth beside
   bicubic upsampling; maps by the IoU of sample and map foregrounds; captions by whether
   the sample shows what its caption says, where the dataset can read captions from pixels
-  (``Dataset.caption_matches``: ``shapes`` can);
+  (``Dataset.caption_matches``: ``shapes`` can); layouts of boxes by whether each asked
+  object shows in its box (``Dataset.boxes_found``: ``shapes`` can);
 - inpainting (validation examples with a ``mask`` field, as the ``masked`` dataset gives):
   the holes filled by the model's ``inpainting`` conditioner, or by replacement for a model
   without one, judged by PSNR and SSIM inside the hole beside a mean-colour fill;
@@ -77,6 +78,12 @@ def _measure_ldm(
             f"model.run: {spec.model.run!r} is conditioned on text ({texts}) and {data.name} cannot read "
             "its captions back from pixels; no measure applies (use the sample task and look at the grid)"
         )
+    layouts = [key for key in fields if _is_layout(example[key])]
+    if layouts and val.boxes_found(example["image"][None], example[layouts[0]][None]) is None:
+        raise UserError(
+            f"model.run: {spec.model.run!r} is conditioned on layouts ({layouts}) and {data.name} cannot read "
+            "objects back from pixels; no measure applies (use the sample task and look at the grid)"
+        )
     if "mask" in example:
         return _measure_inpainting(spec, pipe, sampling, val, fields)
     label = _class_field(example, fields)
@@ -93,6 +100,18 @@ def _measure_ldm(
             return {"images": len(images)}, {}, images
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
         return judges.distribution(judge, images, train, val), {}, images
+    return _measure_from_data(spec, pipe, sampling, val, fields)
+
+
+def _is_layout(value: Any) -> bool:
+    """Whether a field's value is a layout of boxes: rows (class, x0, y0, x1, y1)."""
+    return isinstance(value, Tensor) and value.ndim == 2 and value.shape[-1] == 5 and value.is_floating_point()
+
+
+def _measure_from_data(
+    spec: EvaluateSpec, pipe: Pipeline, sampling: SamplingSpec, val: Any, fields: list[str]
+) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
+    """Samples from the first ``num_images`` validation examples' conditions, each judged by what it was asked."""
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
@@ -102,16 +121,18 @@ def _measure_ldm(
     tables: dict[str, list[float]] = {}
     if "lowres" in fields:
         metrics.update(judges.super_resolution(images, truth, torch.stack(conditions["lowres"])))
-    for key in texts:
-        found, table = judges.captions(val, images, truth, conditions[key])
+    for key in fields:
+        values = conditions[key]
+        if isinstance(values[0], str):
+            found, table = judges.captions(val, images, truth, values)
+        elif isinstance(values[0], Tensor) and values[0].ndim == 2 and not values[0].is_floating_point():
+            found, table = judges.layout(images, torch.stack(values), truth)
+        elif _is_layout(values[0]):
+            found, table = judges.boxes(val, images, truth, torch.stack(values)), {}
+        else:
+            continue
         metrics.update(found)
         tables.update(table)
-    for key in fields:
-        maps = conditions[key]
-        if isinstance(maps[0], Tensor) and maps[0].ndim == 2 and not maps[0].is_floating_point():
-            found, table = judges.layout(images, torch.stack(maps), truth)
-            metrics.update(found)
-            tables.update(table)
     return metrics, tables, images
 
 
