@@ -42,6 +42,7 @@ from tasks.evaluation import judges
 from tasks.evaluation.reference_classifier import reference_classifier, split_of
 from tasks.evaluation.spec import EvaluateSpec
 from tasks.images import make_grid, save_png
+from tasks.ldm import views
 from tasks.ldm.generation import Pipeline, load_pipeline
 from tasks.ldm.specs import SamplingSpec, TrainLdmSpec
 from tasks.runs.context import RunContext
@@ -65,7 +66,7 @@ def _class_field(example: dict[str, Any], fields: list[str]) -> str | None:
 def _measure_ldm(
     spec: EvaluateSpec, ctx: RunContext, pipe: Pipeline, sampling: SamplingSpec, data: Any
 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
-    """(metrics, tables, samples)."""
+    """(metrics, tables, a grid of samples: showing what each was asked for where it has a picture)."""
     fields = sorted({m.reads(m.params) for m in pipe.ldm.conditioners})
     train, val = split_of(data, "train"), split_of(data, "val")
     example = val[0]
@@ -92,14 +93,15 @@ def _measure_ldm(
         labels = torch.arange(judge.classes).repeat_interleave(spec.per_class)
         images = _sample(pipe, sampling, {label: labels.tolist()}, len(labels), spec.seed, spec.batch_size)
         metrics, tables = judges.classes(judge, images, labels, train, val, label)
-        return metrics, tables, images
+        shown = min(10, spec.per_class)  # the first ten of each class, a row each
+        return metrics, tables, make_grid(images.unflatten(0, (-1, spec.per_class))[:, :shown].flatten(0, 1), shown)
     if not fields:
         images = _sample(pipe, sampling, {}, spec.num_images, spec.seed, spec.batch_size)
         label = _class_field(example, sorted(example))
         if label is None:
-            return {"images": len(images)}, {}, images
+            return {"images": len(images)}, {}, make_grid(images[:100], 10)
         judge = reference_classifier(data, label, ctx.runs_dir, ctx.out)
-        return judges.distribution(judge, images, train, val), {}, images
+        return judges.distribution(judge, images, train, val), {}, make_grid(images[:100], 10)
     return _measure_from_data(spec, pipe, sampling, val, fields)
 
 
@@ -111,7 +113,8 @@ def _is_layout(value: Any) -> bool:
 def _measure_from_data(
     spec: EvaluateSpec, pipe: Pipeline, sampling: SamplingSpec, val: Any, fields: list[str]
 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
-    """Samples from the first ``num_images`` validation examples' conditions, each judged by what it was asked."""
+    """Samples from the first ``num_images`` validation examples' conditions, each judged by what
+    it was asked: (metrics, tables, a grid of samples beside their conditions)."""
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
@@ -121,6 +124,9 @@ def _measure_from_data(
     tables: dict[str, list[float]] = {}
     if "lowres" in fields:
         metrics.update(judges.super_resolution(images, truth, torch.stack(conditions["lowres"])))
+    shown = views.pairs(
+        images[:50], [{key: values[i] for key, values in conditions.items()} for i in range(min(50, count))]
+    )
     for key in fields:
         values = conditions[key]
         if isinstance(values[0], str):
@@ -133,7 +139,7 @@ def _measure_from_data(
             continue
         metrics.update(found)
         tables.update(table)
-    return metrics, tables, images
+    return metrics, tables, shown
 
 
 def _measure_inpainting(
@@ -142,7 +148,7 @@ def _measure_inpainting(
     """Fill the holes of the first ``num_images`` validation examples (their ``mask`` field):
     from the model's own view of them where it reads ``masked_image`` (an inpainting model),
     else by replacement from the example's image; the kept pixels are the truth's either way.
-    (metrics, no tables, pairs of masked input and result for the grid)."""
+    (metrics, no tables, a grid of results beside their masked inputs)."""
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
@@ -156,8 +162,8 @@ def _measure_inpainting(
     images = masks * images + (1 - masks) * truth
     metrics: dict[str, Any] = {"method": "replacement" if replacement else "inpainting model"}
     metrics.update(judges.inpainting(images, truth, masks))
-    shown = masked_input(truth, masks)[:, :-1]
-    return metrics, {}, torch.stack([shown, images], dim=1).flatten(0, 1)
+    shown = masked_input(truth[:50], masks[:50])
+    return metrics, {}, views.pairs(images[:50], [{MASKED_IMAGE: m} for m in shown])
 
 
 def _first_stage_report(spec: EvaluateSpec, ctx: RunContext) -> tuple[dict[str, Any], list, Tensor | None]:
@@ -176,17 +182,10 @@ def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: TrainLdmSpec) -> t
     pipe = load_pipeline(spec.model, ctx, "model", spec.runtime.accelerator)
     sampling = spec.sampling or trained.sampling
     pipe.check(sampling)
-    metrics, tables, images = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
+    metrics, tables, grid = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
     report = {"checkpoint": pipe.checkpoint.name, "step": pipe.step, **sampling.record(), "seed": spec.seed}
     report.update(metrics=metrics, tables=tables)
-    if "class_accuracy" in metrics:  # the first ten of each class, a row each
-        shown = min(10, spec.per_class)
-        return (
-            report,
-            list(pipe.reads),
-            make_grid(images.unflatten(0, (-1, spec.per_class))[:, :shown].flatten(0, 1), shown),
-        )
-    return report, list(pipe.reads), make_grid(images[:100], 10)
+    return report, list(pipe.reads), grid
 
 
 def _write(run_dir: RunDir, report: dict[str, Any], grid: Tensor | None, out: Any) -> None:

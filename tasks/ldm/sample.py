@@ -14,12 +14,14 @@ import math
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from core import UserError
-from core.masks import MASKED_IMAGE, binarise
+from core.masks import MASKED_IMAGE, binarise, masked_input
 from tasks.images import make_grid, read_image, read_mask, save_png
-from tasks.ldm.generation import Pipeline, check_conditions, load_pipeline
+from tasks.ldm import views
+from tasks.ldm.generation import Init, Pipeline, check_conditions, load_pipeline
 from tasks.ldm.specs import SampleSpec
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
@@ -132,6 +134,23 @@ def _init(spec: SampleSpec, pipe: Pipeline, examples: list[dict[str, Any]], seed
     return start, record
 
 
+def _grid(spec: SampleSpec, images: Tensor, conditions: dict[str, list[Any]], init: Init | None) -> Tensor:
+    """The grid: each entry's images on a row after what it was asked for (its data condition,
+    its init image, masked where it has a mask), captions under the row; a square grid of an
+    unconditional model's images."""
+    rows = []
+    for i in range(0, len(images), spec.repeat):
+        row = {key: values[i] for key, values in conditions.items()}
+        if init is not None:
+            image = init.images[i]
+            row["init"] = image if init.masks is None else masked_input(image[None], init.masks[i : i + 1])[0]
+        rows.append(row)
+    if views.shows_something(rows, tuple(images.shape[-2:]), images.shape[1]):
+        return views.grid(images, spec.repeat, rows)
+    nrow = spec.repeat if conditions and spec.repeat > 1 else math.ceil(math.sqrt(len(images)))
+    return make_grid(images, nrow)
+
+
 def run(spec: SampleSpec, ctx: RunContext) -> None:
     """Sample, then write the images, the grid and the manifest."""
     checked = OneShotRun.check(spec, ctx)
@@ -156,7 +175,6 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
         condition = described[i] if described else {}
         line = {"file": name, "condition": condition, **started[i], **made, **spec.sampling.record(), "eta": eta}
         lines.append(json.dumps({**line, "seed": seed}))
-    nrow = spec.repeat if conditions and spec.repeat > 1 else math.ceil(math.sqrt(count))
-    save_png(make_grid(images, nrow), root / "grid.png")
+    save_png(_grid(spec, images, conditions, init), root / "grid.png")
     atomic_write(root / "manifest.jsonl", ("\n".join(lines) + "\n").encode())
     print(f"{count} images, grid and manifest in {root}", file=ctx.out)
