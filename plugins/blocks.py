@@ -1,9 +1,10 @@
-"""Convolutional building blocks shared by the autoencoder and the UNet."""
+"""Building blocks shared by the built-in networks, and the checks of their params."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationInfo
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -21,6 +22,14 @@ def check_norm_groups(
             f"norm_groups {norm_groups} does not divide the channel counts {bad} "
             f"({field} {ch} x {mult_field} {list(ch_mult)}); use norm_groups {divisors[0]} or change {field}"
         )
+
+
+def heads_divide_width(cls: type, heads: int, info: ValidationInfo) -> int:
+    """A pydantic validator of a ``heads`` field that must divide the ``width`` field before it."""
+    width = info.data.get("width")
+    if width is not None and width % heads:
+        raise ValueError(f"{heads} heads do not divide width {width}; use a divisor of it")
+    return heads
 
 
 def check_levels(levels: Sequence[int], ch_mult: Sequence[int], field: str, mult_field: str = "ch_mult") -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
+from plugins.blocks import heads_divide_width
 
 EMPTY_SLOT = -1
 """The class of a row that holds no object (the padding of a fixed-size box tensor)."""
@@ -167,13 +168,7 @@ class Layout(Conditioner):
         )
         field: str = Field("boxes", description="The example field holding the layout.")
 
-        @field_validator("heads")
-        @classmethod
-        def _divides(cls, heads: int, info) -> int:
-            width = info.data.get("width")
-            if width is not None and width % heads:
-                raise ValueError(f"{heads} heads do not divide width {width}; use a divisor of it")
-            return heads
+        _heads_divide_width = field_validator("heads")(heads_divide_width)
 
         @model_validator(mode="after")
         def _tokens_do_not_collide(self) -> Layout.Params:

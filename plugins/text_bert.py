@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
+from plugins.blocks import heads_divide_width
 from plugins.wordpiece import bert_uncased_vocab, encode, fit_wordpiece, fixed_length, load_tokenizer
 
 
@@ -62,13 +63,7 @@ class TextBert(Conditioner):
                 raise ValueError(f"{str(value)!r} is not a file; give a local vocab.txt or tokenizer.json, or 'fit'")
             return value
 
-        @field_validator("heads")
-        @classmethod
-        def _divides(cls, heads: int, info) -> int:
-            width = info.data.get("width")
-            if width is not None and width % heads:
-                raise ValueError(f"{heads} heads do not divide width {width}; use a divisor of it")
-            return heads
+        _heads_divide_width = field_validator("heads")(heads_divide_width)
 
         @model_validator(mode="after")
         def _room_for_the_vocabulary(self) -> TextBert.Params:
