@@ -156,3 +156,22 @@ def test_the_caption_judge_reads_real_shapes_and_refuses_what_they_do_not_show()
     assert not matches.any(), "a blank image shows nothing"
     with pytest.raises(ValueError, match="is not a shapes caption"):
         data.caption_matches(images[:1], ["two red circles"])
+
+
+def test_the_inpainting_judge_measures_inside_the_hole_only_pooled_over_images():
+    truth = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[0, :, :4] = 1
+    masks[1, :, :2] = 1
+    images = truth + 0.2 * masks - 0.5 * (1 - masks)  # errors outside the hole do not count
+    report = judges.inpainting(images, truth, masks)
+    assert report["hole_psnr"] == pytest.approx(10 * np.log10(4 / 0.04), abs=1e-4)
+    assert report["hole_fraction"] == pytest.approx(0.375)
+    images[1] += 0.2 * masks[1]  # image 1's hole (16 of the 48 hole pixels) now off by 0.4
+    pooled = (32 * 0.04 + 16 * 0.16) / 48
+    assert judges.inpainting(images, truth, masks)["hole_psnr"] == pytest.approx(10 * np.log10(4 / pooled), abs=1e-4)
+    filled = judges.mean_fill(truth, masks)
+    kept = truth[0][:, 4:].mean((1, 2))
+    assert torch.allclose(filled[0][:, :4], kept[:, None, None].expand(3, 4, 8))
+    assert torch.equal(filled[0][:, 4:], truth[0][:, 4:])
+    assert report["hole_psnr_gain_over_mean_fill"] == pytest.approx(report["hole_psnr"] - report["mean_fill_hole_psnr"])

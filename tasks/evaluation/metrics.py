@@ -19,6 +19,14 @@ def psnr(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
+def pooled_psnr(x: Tensor, y: Tensor, mask: Tensor) -> float:
+    """PSNR in dB (peak-to-peak range 2) of the squared error of images (B, C, H, W) averaged
+    over every pixel where ``mask`` (B, 1, H, W) is 1, in every image at once."""
+    weights = mask.expand_as(x)
+    mse = ((x - y).pow(2) * weights).sum() / weights.sum().clamp_min(1)
+    return (10 * torch.log10(4.0 / mse.clamp_min(1e-12))).item()
+
+
 def ssim(x: Tensor, y: Tensor, mask: Tensor | None = None, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Structural similarity of each image pair (B, C, H, W) -> (B,), on images mapped to [0, 1].
 

@@ -147,20 +147,19 @@ def _measure_inpainting(
 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
     """Fill the holes of the first ``num_images`` validation examples (their ``mask`` field):
     from the model's own view of them where it reads ``masked_image`` (an inpainting model),
-    else by replacement from the example's image; the kept pixels are the truth's either way.
+    else by replacement from the example's image; the kept pixels are the truth's either way
+    (see :meth:`Pipeline.generate`).
     (metrics, no tables, a grid of results beside their masked inputs)."""
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
     truth = torch.stack([e["image"] for e in examples])
     masks = torch.stack([binarise(e["mask"].float()) for e in examples])
-    replacement = MASKED_IMAGE not in fields
-    init = pipe.init(truth, 1.0, masks, count, "data.image") if replacement else None
+    init = pipe.init(truth, 1.0, masks, count, "data.image")
     seeds = [spec.seed + i for i in range(count)]
     with tqdm(total=count, desc="inpainting", unit="image", dynamic_ncols=True) as bar:
         images = pipe.generate(sampling, conditions, seeds, spec.batch_size, bar.update, init)
-    images = masks * images + (1 - masks) * truth
-    metrics: dict[str, Any] = {"method": "replacement" if replacement else "inpainting model"}
+    metrics: dict[str, Any] = {"method": "inpainting model" if pipe.inpaints else "replacement"}
     metrics.update(judges.inpainting(images, truth, masks))
     shown = masked_input(truth[:50], masks[:50])
     return metrics, {}, views.pairs(images[:50], [{MASKED_IMAGE: m} for m in shown])

@@ -159,7 +159,9 @@ class Pipeline:
     ) -> Tensor:
         """Images (N, C, H, W) in [-1, 1] on the CPU, image i from ``seeds[i]``, item i of each
         condition list and of ``init``, ``batch_size`` at a time; ``progress`` gets the size of
-        each batch done."""
+        each batch done. With masks in ``init``, an inpainting model (:attr:`inpaints`) is shown
+        the masked image (made from ``init`` unless the conditions hold it) and any other model
+        inpaints by replacement; either way the kept pixels are pasted back."""
         device = self.space.mean.device
         out = []
         for start in range(0, len(seeds), batch_size):
@@ -168,8 +170,8 @@ class Pipeline:
             noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
             batch = {key: batched(values[start : start + batch_size], device) for key, values in conditions.items()}
             part = self._part(init, start, chunk)
-            if self.inpaints and part is not None and part.masks is not None and MASKED_IMAGE not in batch:
-                batch[MASKED_IMAGE] = masked_input(part.images, part.masks).to(device)
+            if self.inpaints and part is not None and part.masks is not None:
+                batch.setdefault(MASKED_IMAGE, masked_input(part.images, part.masks).to(device))
                 begin = None  # the model sees the kept pixels itself, as the paper's inpainting samples
             else:
                 begin = self._start(part, chunk)
