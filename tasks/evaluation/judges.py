@@ -165,3 +165,17 @@ def inpainting(images: Tensor, truth: Tensor, masks: Tensor) -> dict[str, float]
         "hole_fraction": masks.mean().item(),
         "images": len(images),
     }
+
+
+def boxes(data: Dataset, images: Tensor, real: Tensor, layouts: Tensor) -> dict[str, float]:
+    """Samples from layouts (N, M, 5), read back by the dataset (:meth:`core.Dataset.boxes_found`):
+    the fraction of asked objects shown in their box with the right class, beside the same
+    reading of the real images (the judge's own ceiling)."""
+    asked = layouts[..., 0] >= 0
+    found, on_real = data.boxes_found(images, layouts), data.boxes_found(real, layouts)
+    return {
+        "objects_found": found[asked].double().mean().item(),
+        "judge_objects_found_on_real": on_real[asked].double().mean().item(),
+        "objects": int(asked.sum()),
+        "images": len(images),
+    }
