@@ -115,5 +115,5 @@ def test_list_shows_what_each_dataset_gives(cli):
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "fields image, label (+ lowres with lowres_factor)" in lines["digits"]
-    assert "fields caption, image, label, segmentation (+ lowres with lowres_factor)" in lines["shapes"]
+    assert "fields boxes, caption, image, label, segmentation (+ lowres with lowres_factor)" in lines["shapes"]
     assert "fields follow its params (set root, size" in lines["image_folder"]

@@ -42,7 +42,8 @@ def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
     assert found == {
         "conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-        "installed conditioners: class_label, frozen_text_encoder, layout, low_res, semantic_map, text_bert"
+        "installed conditioners: class_label, frozen_text_encoder, inpainting, layout, low_res, semantic_map, "
+        "text_bert"
     }
 
 
@@ -146,11 +147,14 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == [
         "class_label",
         "frozen_text_encoder",
+        "inpainting",
         "layout",
         "low_res",
         "semantic_map",
         "text_bert",
     ]
+    masked = schema["$defs"]["dataset.masked.DatasetSpec"]
+    assert "masked" in [c["properties"]["name"]["const"] for c in masked["oneOf"]], "a dataset wrapping datasets"
     assert choice["properties"]["params"]["properties"]["num_classes"]["type"] == "integer"
     use = schema["$defs"]["ConditionerUse"]["oneOf"][0]
     assert use["properties"]["name"] == {"const": "class_label"} and use["properties"]["drop_rate"]["maximum"] == 1.0

@@ -76,8 +76,10 @@ def task_schema(tasks: Mapping[str, type[TaskSpec]], registry: Registry) -> dict
         defs.update(schema.pop("$defs", {}))
         variants.append(schema)
     pending = [key for key, value in defs.items() if "x-ldm-kind" in value]
+    done: set[str] = set()
     while pending:
         key = pending.pop()
+        done.add(key)
         kind = defs[key]["x-ldm-kind"]
         # Fields a spec class adds beside name and params (e.g. a conditioner's drop_rate in an LDM).
         extra = {k: v for k, v in defs[key].get("properties", {}).items() if k not in ("name", "params")}
@@ -86,6 +88,8 @@ def task_schema(tasks: Mapping[str, type[TaskSpec]], registry: Registry) -> dict
             prefix = f"{kind}.{entry.name}."
             params = entry.cls.Params.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
             for name, sub in params.pop("$defs", {}).items():
+                if prefix + name in done:  # a component whose params name its own kind (masked's data)
+                    continue
                 defs[prefix + name] = sub
                 if "x-ldm-kind" in sub:
                     pending.append(prefix + name)
