@@ -21,8 +21,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from core import Conditioner, Conditioning, ConditioningShape, Params
+from core import Conditioning, Params
 from plugins.blocks import heads_divide_width
+from plugins.context import ContextConditioner
 
 EMPTY_SLOT = -1
 """The class of a row that holds no object (the padding of a fixed-size box tensor)."""
@@ -120,7 +121,7 @@ class _Block(nn.Module):
         return x + self.feed_forward(self.feed_forward_norm(x))
 
 
-class Layout(Conditioner):
+class Layout(ContextConditioner):
     """Layout-to-image: labelled boxes -> tokens -> a pre-norm transformer; context (B, 3 * max_objects + 2, width).
 
     The field (``"boxes"`` by default) holds one layout per example, a list of objects, each
@@ -208,14 +209,6 @@ class Layout(Conditioner):
         self.positions = nn.Parameter(torch.randn(p.sequence_length, p.width) * 0.02)
         self.blocks = nn.ModuleList(_Block(p.width, p.heads, p.ff_mult, p.qkv_bias) for _ in range(p.layers))
         self.norm = nn.LayerNorm(p.width)
-
-    @classmethod
-    def reads(cls, params: Layout.Params) -> str:
-        return params.field
-
-    @classmethod
-    def produces(cls, params: Layout.Params) -> ConditioningShape:
-        return ConditioningShape(context=params.width)
 
     def token_ids(self, y: Tensor | Sequence[Any]) -> Tensor:
         """Token ids (B, 3 * max_objects + 2) of a batch of layouts; a ``ValueError`` names a bad one."""

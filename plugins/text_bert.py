@@ -20,8 +20,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from core import Conditioner, Conditioning, ConditioningShape, Params
+from core import Conditioning, Params
 from plugins.blocks import heads_divide_width
+from plugins.context import ContextConditioner
 from plugins.wordpiece import bert_uncased_vocab, encode, fit_wordpiece, fixed_length, load_tokenizer
 
 
@@ -29,7 +30,7 @@ def _path_of(tokenizer: str | Path) -> Path:
     return bert_uncased_vocab() if tokenizer == "bert-uncased" else Path(tokenizer)
 
 
-class TextBert(Conditioner):
+class TextBert(ContextConditioner):
     """BERT-style text encoder: WordPiece tokens, learned positions, a pre-norm transformer
     encoder with a padding mask; context (B, max_length, width)."""
 
@@ -113,14 +114,6 @@ class TextBert(Conditioner):
 
     def set_extra_state(self, state: Tensor) -> None:
         self._use(Tokenizer.from_str(bytes(state.cpu().numpy()).decode()))
-
-    @classmethod
-    def reads(cls, params: TextBert.Params) -> str:
-        return params.field
-
-    @classmethod
-    def produces(cls, params: TextBert.Params) -> ConditioningShape:
-        return ConditioningShape(context=params.width)
 
     def token_ids(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(token ids (B, max_length), mask (B, max_length), true at real tokens) of ``captions``."""
