@@ -10,6 +10,7 @@ from core import hookimpl
 def ldm_register(registry):
     """Register every built-in component under the name specs use for it."""
     from plugins.autoencoder import Autoencoder
+    from plugins.box_map import BoxMap
     from plugins.class_label import ClassLabel
     from plugins.digits import Digits
     from plugins.frozen_text_encoder import FrozenTextEncoder
@@ -37,6 +38,7 @@ def ldm_register(registry):
     from plugins.vq import VQ
 
     registry.add("autoencoder", Autoencoder)
+    registry.add("box_map", BoxMap)
     registry.add("class_label", ClassLabel)
     registry.add("digits", Digits)
     registry.add("frozen_text_encoder", FrozenTextEncoder)

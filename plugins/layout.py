@@ -34,17 +34,18 @@ def _corner_token(x: float, y: float, grid: int) -> int:
     return round(y * (grid - 1)) * grid + round(x * (grid - 1))
 
 
-def layout_tokens(objects: Sequence[Sequence[float]], params: Layout.Params) -> list[int]:
-    """The token sequence (length ``params.sequence_length``) of one layout, as the original builds it.
+def layout_objects(
+    objects: Sequence[Sequence[float]], num_classes: int, max_objects: int | None = None
+) -> list[tuple[int, float, float, float, float]]:
+    """The objects ``(class, x0, y0, x1, y1)`` of one layout, checked, empty slots dropped.
 
     ``objects`` is a sequence of ``(class, x0, y0, x1, y1)``: a class index in
     [0, num_classes) and the box's top-left and bottom-right corners as fractions of the image's
-    width and height (y down). A class of -1 marks an empty slot and is skipped. Objects keep
-    their order (the original shuffles them when it builds training examples; shuffle the data
-    for that). A ``ValueError`` names an object that is malformed, outside the image, has no
-    area or has a class outside [0, num_classes), and a layout of more than max_objects objects.
+    width and height (y down). A class of -1 marks an empty slot and is skipped. A
+    ``ValueError`` names an object that is malformed, outside the image, has no area or has a
+    class outside [0, num_classes), and a layout of more than ``max_objects`` objects.
     """
-    grid, tokens, count = params.grid, [], 0
+    checked = []
     for i, row in enumerate(objects):
         try:
             label, x0, y0, x1, y1 = (float(v) for v in row)
@@ -54,9 +55,9 @@ def layout_tokens(objects: Sequence[Sequence[float]], params: Layout.Params) -> 
             ) from None
         if label == EMPTY_SLOT:
             continue
-        if not label.is_integer() or not 0 <= label < params.num_classes:
+        if not label.is_integer() or not 0 <= label < num_classes:
             raise ValueError(
-                f"object {i} has class {label:g}, outside [0, {params.num_classes}); "
+                f"object {i} has class {label:g}, outside [0, {num_classes}); "
                 "give a class index below num_classes or raise num_classes"
             )
         box = (x0, y0, x1, y1)
@@ -70,17 +71,49 @@ def layout_tokens(objects: Sequence[Sequence[float]], params: Layout.Params) -> 
                 f"object {i} has box {box} with no area; give its top-left corner (x0, y0) first and its "
                 "bottom-right corner (x1, y1), with x1 > x0 and y1 > y0, second"
             )
-        count += 1
+        checked.append((int(label), *box))
+    if max_objects is not None and len(checked) > max_objects:
+        raise ValueError(
+            f"the layout has {len(checked)} objects but max_objects is {max_objects}; give at most "
+            f"{max_objects} or raise max_objects"
+        )
+    return checked
+
+
+def batch_layouts(y: Tensor | Sequence[Any]) -> list[Sequence[Sequence[float]]]:
+    """A batch of layouts, a (B, N, 5) tensor or a list of B layouts, as B lists of objects
+    (Python floats: float64, as the original computes); a ``ValueError`` names a bad one."""
+    if isinstance(y, Tensor) and (y.ndim != 3 or y.shape[-1] != 5):
+        raise ValueError(
+            f"layouts come as boxes of shape (B, N, 5), got {tuple(y.shape)}; give each object as "
+            "[class, x0, y0, x1, y1]"
+        )
+    layouts = []
+    for i, objects in enumerate(y):
+        if isinstance(objects, Tensor):
+            objects = objects.tolist()
+        if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
+            raise ValueError(
+                f"example {i} is {objects!r}, not a list of objects; give a list of [class, x0, y0, x1, y1]"
+            )
+        layouts.append(objects)
+    return layouts
+
+
+def layout_tokens(objects: Sequence[Sequence[float]], params: Layout.Params) -> list[int]:
+    """The token sequence (length ``params.sequence_length``) of one layout, as the original builds it.
+
+    ``objects`` is checked by :func:`layout_objects`. Objects keep their order (the original
+    shuffles them when it builds training examples; shuffle the data for that).
+    """
+    grid, tokens = params.grid, []
+    checked = layout_objects(objects, params.num_classes, params.max_objects)
+    for label, x0, y0, x1, y1 in checked:
         # The original holds (x0, y0, width, height) and adds the size back to find the far
         # corner; doing the same float arithmetic keeps near-half cases on the same grid point.
         far_x, far_y = x0 + (x1 - x0), y0 + (y1 - y0)
-        tokens += [int(label), _corner_token(x0, y0, grid), _corner_token(far_x, far_y, grid)]
-    if count > params.max_objects:
-        raise ValueError(
-            f"the layout has {count} objects but max_objects is {params.max_objects}; give at most "
-            f"{params.max_objects} or raise max_objects"
-        )
-    tokens += [params.no_object] * (3 * (params.max_objects - count))
+        tokens += [label, _corner_token(x0, y0, grid), _corner_token(far_x, far_y, grid)]
+    tokens += [params.no_object] * (3 * (params.max_objects - len(checked)))
     # The crop the image was cut to: at sampling time the whole image, corners (0, 0) and (1, 1).
     return tokens + [_corner_token(0.0, 0.0, grid), _corner_token(1.0, 1.0, grid)]
 
@@ -212,19 +245,8 @@ class Layout(ContextConditioner):
 
     def token_ids(self, y: Tensor | Sequence[Any]) -> Tensor:
         """Token ids (B, 3 * max_objects + 2) of a batch of layouts; a ``ValueError`` names a bad one."""
-        if isinstance(y, Tensor) and (y.ndim != 3 or y.shape[-1] != 5):
-            raise ValueError(
-                f"layout takes boxes of shape (B, N, 5), got {tuple(y.shape)}; give each object as "
-                "[class, x0, y0, x1, y1]"
-            )
         rows = []
-        for i, objects in enumerate(y):
-            if isinstance(objects, Tensor):
-                objects = objects.tolist()  # Python floats: float64, as the original computes
-            if isinstance(objects, (str, bytes)) or not isinstance(objects, Sequence):
-                raise ValueError(
-                    f"example {i} is {objects!r}, not a list of objects; give a list of [class, x0, y0, x1, y1]"
-                )
+        for i, objects in enumerate(batch_layouts(y)):
             try:
                 rows.append(layout_tokens(objects, self.params))
             except ValueError as exc:

@@ -134,7 +134,7 @@ def test_bad_layouts_are_refused_with_the_value_and_the_fix(objects, message):
 
 
 def test_bad_batches_are_refused():
-    with pytest.raises(ValueError, match=r"layout takes boxes of shape \(B, N, 5\), got \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"layouts come as boxes of shape \(B, N, 5\), got \(2, 4\)"):
         tiny()(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"example 0 is 'a cat', not a list of objects"):
         tiny()(["a cat"])

@@ -42,7 +42,7 @@ def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
     assert found == {
         "conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-        "installed conditioners: class_label, frozen_text_encoder, inpainting, layout, low_res, semantic_map, "
+        "installed conditioners: box_map, class_label, frozen_text_encoder, inpainting, layout, low_res, semantic_map, "
         "text_bert"
     }
 
@@ -145,6 +145,7 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     conditioner = schema["$defs"]["ConditionerSpec"]
     choice = conditioner["oneOf"][0]
     assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == [
+        "box_map",
         "class_label",
         "frozen_text_encoder",
         "inpainting",
@@ -157,7 +158,7 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     assert "masked" in [c["properties"]["name"]["const"] for c in masked["oneOf"]], "a dataset wrapping datasets"
     assert choice["properties"]["params"]["properties"]["num_classes"]["type"] == "integer"
     use = schema["$defs"]["ConditionerUse"]["oneOf"][0]
-    assert use["properties"]["name"] == {"const": "class_label"} and use["properties"]["drop_rate"]["maximum"] == 1.0
+    assert use["properties"]["name"] == {"const": "box_map"} and use["properties"]["drop_rate"]["maximum"] == 1.0
     [unet] = schema["$defs"]["DenoiserSpec"]["oneOf"]
     assert unet["properties"]["params"]["properties"]["in_channels"]["anyOf"][0]["type"] == "integer"
     assert not any("x-ldm-kind" in value for value in schema["$defs"].values())

@@ -15,6 +15,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
     lines = out.splitlines()
     conditioners = lines[lines.index("conditioner") + 1 : lines.index("sampler")]
     assert [line.split()[0] for line in conditioners] == [
+        "box_map",
         "class_label",
         "frozen_text_encoder",
         "inpainting",
@@ -25,7 +26,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
         "text_bert",
         "wrong_vector",
     ]
-    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[5]
+    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[6]
     failed = lines[lines.index("plugins that failed to load") + 1 :]
     assert failed == [
         "  plugin 'broken' (ldm-plugin-broken 0.1.0) failed to load: ImportError: "
