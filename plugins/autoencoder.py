@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from einops import rearrange
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -14,9 +16,9 @@ from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, 
 class Attention(nn.Module):
     """Single-head self-attention over all positions, with a residual connection."""
 
-    def __init__(self, channels: int, groups: int) -> None:
+    def __init__(self, channels: int, groups: int, eps: float) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
 
@@ -27,8 +29,8 @@ class Attention(nn.Module):
         return x + self.out(rearrange(attended, "b 1 (h w) c -> b c h w", h=h, w=w))
 
 
-def _head(c_in: int, c_out: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+def _head(c_in: int, c_out: int, groups: int, eps: float) -> nn.Sequential:
+    return nn.Sequential(nn.GroupNorm(groups, c_in, eps=eps), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
 
 
 class Autoencoder(FirstStage):
@@ -50,6 +52,21 @@ class Autoencoder(FirstStage):
         z_channels: PositiveInt = Field(4, description="Latent channels c.")
         norm_groups: PositiveInt = Field(32, description="GroupNorm groups; must divide every level's channels.")
         dropout: NonNegativeFloat = 0.0
+        norm_eps: PositiveFloat = Field(1e-5, description="The GroupNorms' epsilon (the original code's: 1e-6).")
+        downsample_pad: Literal["both", "bottom_right"] = Field(
+            "both",
+            description=(
+                "Where the encoder's strided convolutions pad their input by one: on every side, or at the bottom "
+                "and right only (the original code's)."
+            ),
+        )
+        quant_conv: bool = Field(
+            False,
+            description=(
+                "1x1 convolutions between the encoder and the regulariser and between the regulariser and the "
+                "decoder (the original code's quant_conv and post_quant_conv)."
+            ),
+        )
         regularizer: RegularizerSpec = Field(description='The latent\'s regulariser, e.g. {"name": "kl"}.')
 
         @model_validator(mode="after")
@@ -70,57 +87,63 @@ class Autoencoder(FirstStage):
         self.regularizer = p.regularizer.build(latent_channels=p.z_channels)
         moments = p.regularizer.cls.moment_channels(p.regularizer.params, p.z_channels)
         widths = [p.ch * m for m in p.ch_mult]
-        g, drop = p.norm_groups, p.dropout
+        g, drop, eps = p.norm_groups, p.dropout, p.norm_eps
+
+        def block(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, g, drop, eps=eps)
 
         def middle(c: int) -> list[nn.Module]:
-            return [ResBlock(c, c, g, drop), *([Attention(c, g)] if p.mid_attention else []), ResBlock(c, c, g, drop)]
+            return [block(c, c), *([Attention(c, g, eps)] if p.mid_attention else []), block(c, c)]
 
         down: list[nn.Module] = [nn.Conv2d(p.in_channels, widths[0], 3, padding=1)]
         c = widths[0]
         for level, width in enumerate(widths):
             for _ in range(p.num_res_blocks):
-                down.append(ResBlock(c, width, g, drop))
+                down.append(block(c, width))
                 c = width
                 if level in p.attention_levels:
-                    down.append(Attention(c, g))
+                    down.append(Attention(c, g, eps))
             if level < len(widths) - 1:
-                down.append(downsample(c))
-        down += [*middle(c), _head(c, moments, g)]
+                down.append(downsample(c, p.downsample_pad))
+        down += [*middle(c), _head(c, moments, g, eps)]
         self.encoder = nn.Sequential(*down)
+        # Identity when absent, so that checkpoints of configs without them keep their keys.
+        self.quant_conv = nn.Conv2d(moments, moments, 1) if p.quant_conv else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(p.z_channels, p.z_channels, 1) if p.quant_conv else nn.Identity()
 
         up: list[nn.Module] = [nn.Conv2d(p.z_channels, c, 3, padding=1), *middle(c)]
         for level, width in reversed(list(enumerate(widths))):
             for _ in range(p.num_res_blocks + 1):
-                up.append(ResBlock(c, width, g, drop))
+                up.append(block(c, width))
                 c = width
                 if level in p.attention_levels:
-                    up.append(Attention(c, g))
+                    up.append(Attention(c, g, eps))
             if level > 0:
                 up.append(Upsample(c))
-        up.append(_head(c, p.in_channels, g))
+        up.append(_head(c, p.in_channels, g, eps))
         self.decoder = nn.Sequential(*up)
 
     def decoder_last_layer(self) -> Tensor:
         return self.decoder[-1][-1].weight
 
     def code_histogram(self, x: Tensor) -> Tensor | None:
-        return self.regularizer.code_histogram(self.encoder(x))
+        return self.regularizer.code_histogram(self.moments(x))
 
     def moments(self, x: Tensor) -> Tensor:
-        return self.encoder(x)
+        return self.quant_conv(self.encoder(x))
 
     def latent_from_moments(self, moments: Tensor) -> Tensor:
         return self.regularizer.latent(moments)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.latent_from_moments(self.encoder(x))
+        return self.latent_from_moments(self.moments(x))
 
     def mode(self, x: Tensor) -> Tensor:
-        return self.regularizer.mode(self.encoder(x))
+        return self.regularizer.mode(self.moments(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(self.regularizer.quantize(z))
+        return self.decoder(self.post_quant_conv(self.regularizer.quantize(z)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        z, terms = self.regularizer(self.encoder(x))
-        return self.decoder(z), terms
+        z, terms = self.regularizer(self.moments(x))
+        return self.decoder(self.post_quant_conv(z)), terms

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import ValidationInfo
 from torch import Tensor, nn
@@ -46,21 +47,31 @@ class ResBlock(nn.Module):
 
     With ``emb_channels`` it takes an embedding (B, emb_channels), e.g. of the timestep,
     projected and added between the convolutions, or with ``scale_shift`` applied as
-    norm(h) x (1 + scale) + shift (the paper's UNet).
+    norm(h) x (1 + scale) + shift (the paper's UNet). ``eps`` is the GroupNorms' (the original
+    autoencoder's: 1e-6).
     """
 
     def __init__(
-        self, c_in: int, c_out: int, groups: int, dropout: float, emb_channels: int = 0, scale_shift: bool = False
+        self,
+        c_in: int,
+        c_out: int,
+        groups: int,
+        dropout: float,
+        emb_channels: int = 0,
+        scale_shift: bool = False,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            nn.GroupNorm(groups, c_in, eps=eps), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1)
+        )
         self.emb = (
             nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * c_out if scale_shift else c_out))
             if emb_channels
             else None
         )
         self.scale_shift = scale_shift
-        self.out_norm = nn.GroupNorm(groups, c_out)
+        self.out_norm = nn.GroupNorm(groups, c_out, eps=eps)
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
@@ -90,6 +101,9 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def downsample(channels: int) -> nn.Conv2d:
-    """A strided 3x3 conv halving H and W."""
-    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+def downsample(channels: int, pad: Literal["both", "bottom_right"] = "both") -> nn.Module:
+    """A strided 3x3 conv halving H and W, its input padded by one on every side (``"both"``),
+    or by one at the bottom and right only (``"bottom_right"``, the original autoencoder's)."""
+    if pad == "both":
+        return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+    return nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2))

@@ -1,0 +1,132 @@
+"""The names the original CompVis code gives the ``autoencoder``'s weights, and the conversion
+of its state dicts (``AutoencoderKL`` / ``VQModel``: ``encoder.*``, ``decoder.*``,
+``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight``) to ours and back.
+
+Ours and the original differ in names and in one layout: our attention has one fused
+``qkv`` convolution where the original has ``q``, ``k`` and ``v``, so a fused weight is the
+three stacked along the output channels. The original's decoder lists its levels by
+resolution (``up.0`` is the full-resolution one, run last); ours runs in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from plugins.autoencoder import Autoencoder
+
+Pairs = list[tuple[str, tuple[str, ...]]]
+"""(our name, the original names whose tensors, stacked along the first axis, make it)."""
+
+_RESBLOCK = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_norm", "norm2"), ("out_layers.2", "conv2"))
+
+
+def _module(ours: str, theirs: str, kind: str, skip: bool = False) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """The (weight and bias) pairs of one module of ``kind`` at our prefix ``ours`` and theirs."""
+    if kind == "res":
+        subs = [*_RESBLOCK, *([("skip", "nin_shortcut")] if skip else [])]
+    elif kind == "attn":
+        subs = [("norm", "norm"), ("qkv", ("q", "k", "v")), ("out", "proj_out")]
+    else:
+        subs = [("", "")]
+    for mine, originals in subs:
+        names = (originals,) if isinstance(originals, str) else originals
+        for leaf in ("weight", "bias"):
+            ours_name = ".".join(part for part in (ours, mine, leaf) if part)
+            yield ours_name, tuple(".".join(part for part in (theirs, name, leaf) if part) for name in names)
+
+
+def _encoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
+    """(our prefix, original prefix, kind, has a 1x1 skip) of each encoder module, in order."""
+    widths = [p.ch * m for m in p.ch_mult]
+    yield "0", "conv_in", "conv", False
+    index, c = 1, widths[0]
+    for level, width in enumerate(widths):
+        for j in range(p.num_res_blocks):
+            yield str(index), f"down.{level}.block.{j}", "res", c != width
+            index, c = index + 1, width
+            if level in p.attention_levels:
+                yield str(index), f"down.{level}.attn.{j}", "attn", False
+                index += 1
+        if level < len(widths) - 1:
+            conv = str(index) if p.downsample_pad == "both" else f"{index}.1"
+            yield conv, f"down.{level}.downsample.conv", "conv", False
+            index += 1
+    yield from _middle(p, index, c)
+    index += 3 if p.mid_attention else 2
+    yield f"{index}.0", "norm_out", "conv", False
+    yield f"{index}.2", "conv_out", "conv", False
+
+
+def _middle(p: Autoencoder.Params, index: int, c: int) -> Iterator[tuple[str, str, str, bool]]:
+    yield str(index), "mid.block_1", "res", False
+    if p.mid_attention:
+        index += 1
+        yield str(index), "mid.attn_1", "attn", False
+    yield str(index + 1), "mid.block_2", "res", False
+
+
+def _decoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
+    widths = [p.ch * m for m in p.ch_mult]
+    c = widths[-1]
+    yield "0", "conv_in", "conv", False
+    yield from _middle(p, 1, c)
+    index = 4 if p.mid_attention else 3
+    for level, width in reversed(list(enumerate(widths))):
+        for j in range(p.num_res_blocks + 1):
+            yield str(index), f"up.{level}.block.{j}", "res", c != width
+            index, c = index + 1, width
+            if level in p.attention_levels:
+                yield str(index), f"up.{level}.attn.{j}", "attn", False
+                index += 1
+        if level > 0:
+            yield f"{index}.conv", f"up.{level}.upsample.conv", "conv", False
+            index += 1
+    yield f"{index}.0", "norm_out", "conv", False
+    yield f"{index}.2", "conv_out", "conv", False
+
+
+def autoencoder_pairs(params: Autoencoder.Params) -> Pairs:
+    """Every weight of an ``autoencoder`` built with ``params`` that the original has, with its
+    original names; our regulariser's bookkeeping buffers (VQ code use) have none."""
+    pairs: Pairs = []
+    for part, walk in (("encoder", _encoder), ("decoder", _decoder)):
+        for ours, theirs, kind, skip in walk(params):
+            pairs += _module(f"{part}.{ours}", f"{part}.{theirs}", kind, skip)
+    if params.quant_conv:
+        for name in ("quant_conv", "post_quant_conv"):
+            pairs += [(f"{name}.{leaf}", (f"{name}.{leaf}",)) for leaf in ("weight", "bias")]
+    if params.regularizer.name == "vq":
+        pairs.append(("regularizer.codebook", ("quantize.embedding.weight",)))
+    return pairs
+
+
+def from_original(model: Autoencoder, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s state dict with every weight the original has taken from ``state`` (original
+    names, without the ``first_stage_model.`` prefix); a ``KeyError`` names the first missing
+    one and a ``ValueError`` a tensor whose size is not what ``model``'s params make."""
+    ours = model.state_dict()
+    for name, originals in autoencoder_pairs(model.params):
+        missing = [key for key in originals if key not in state]
+        if missing:
+            raise KeyError(missing[0])
+        stacked = torch.cat([state[key] for key in originals])
+        if stacked.shape != ours[name].shape:
+            raise ValueError(
+                f"{' + '.join(originals)} has shape {tuple(stacked.shape)} where the params make "
+                f"{tuple(ours[name].shape)}"
+            )
+        ours[name] = stacked.to(ours[name].dtype)
+    return ours
+
+
+def to_original(model: Autoencoder) -> dict[str, Tensor]:
+    """``model``'s weights under the original's names (fused attention split into q, k, v)."""
+    ours = model.state_dict()
+    state = {}
+    for name, originals in autoencoder_pairs(model.params):
+        for key, part in zip(originals, ours[name].chunk(len(originals)), strict=True):
+            state[key] = part.clone()
+    return state
