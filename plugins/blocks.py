@@ -48,7 +48,8 @@ class ResBlock(nn.Module):
     With ``emb_channels`` it takes an embedding (B, emb_channels), e.g. of the timestep,
     projected and added between the convolutions, or with ``scale_shift`` applied as
     norm(h) x (1 + scale) + shift (the paper's UNet). ``eps`` is the GroupNorms' (the original
-    autoencoder's: 1e-6).
+    autoencoder's: 1e-6). With ``resample`` it halves (2x2 average) or doubles (nearest) H and W
+    of both paths after the first norm and activation (the original UNet's resblock_updown).
     """
 
     def __init__(
@@ -60,8 +61,10 @@ class ResBlock(nn.Module):
         emb_channels: int = 0,
         scale_shift: bool = False,
         eps: float = 1e-5,
+        resample: Literal["up", "down"] | None = None,
     ) -> None:
         super().__init__()
+        self.resample = resample
         self.in_layers = nn.Sequential(
             nn.GroupNorm(groups, c_in, eps=eps), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1)
         )
@@ -75,9 +78,18 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
+    def _resample(self, x: Tensor) -> Tensor:
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        """(B, c_in, H, W) and, if built with ``emb_channels``, (B, emb_channels) -> (B, c_out, H, W)."""
-        h = self.in_layers(x)
+        """(B, c_in, H, W) and, if built with ``emb_channels``, (B, emb_channels) -> (B, c_out, H', W')."""
+        if self.resample is None:
+            h = self.in_layers(x)
+        else:
+            h = self.in_layers[-1](self._resample(self.in_layers[:-1](x)))
+            x = self._resample(x)
         if self.emb is not None:
             projected = self.emb(emb)[..., None, None].to(h.dtype)
             if self.scale_shift:

@@ -12,30 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import torch
 from torch import Tensor
 
+from plugins import original_names
 from plugins.autoencoder import Autoencoder
-
-Pairs = list[tuple[str, tuple[str, ...]]]
-"""(our name, the original names whose tensors, stacked along the first axis, make it)."""
+from plugins.original_names import Pair, module_pairs
 
 _RESBLOCK = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_norm", "norm2"), ("out_layers.2", "conv2"))
+_SUBS = {"attn": (("norm", "norm"), ("qkv", ("q", "k", "v")), ("out", "proj_out")), "conv": (("", ""),)}
 
 
-def _module(ours: str, theirs: str, kind: str, skip: bool = False) -> Iterator[tuple[str, tuple[str, ...]]]:
-    """The (weight and bias) pairs of one module of ``kind`` at our prefix ``ours`` and theirs."""
-    if kind == "res":
-        subs = [*_RESBLOCK, *([("skip", "nin_shortcut")] if skip else [])]
-    elif kind == "attn":
-        subs = [("norm", "norm"), ("qkv", ("q", "k", "v")), ("out", "proj_out")]
-    else:
-        subs = [("", "")]
-    for mine, originals in subs:
-        names = (originals,) if isinstance(originals, str) else originals
-        for leaf in ("weight", "bias"):
-            ours_name = ".".join(part for part in (ours, mine, leaf) if part)
-            yield ours_name, tuple(".".join(part for part in (theirs, name, leaf) if part) for name in names)
+def _module(ours: str, theirs: str, kind: str, skip: bool) -> Iterator[Pair]:
+    subs = (*_RESBLOCK, *((("skip", "nin_shortcut"),) if skip else ())) if kind == "res" else _SUBS[kind]
+    return module_pairs(ours, theirs, subs)
 
 
 def _encoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
@@ -88,45 +77,26 @@ def _decoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
     yield f"{index}.2", "conv_out", "conv", False
 
 
-def autoencoder_pairs(params: Autoencoder.Params) -> Pairs:
+def autoencoder_pairs(params: Autoencoder.Params) -> list[Pair]:
     """Every weight of an ``autoencoder`` built with ``params`` that the original has, with its
     original names; our regulariser's bookkeeping buffers (VQ code use) have none."""
-    pairs: Pairs = []
+    pairs: list[Pair] = []
     for part, walk in (("encoder", _encoder), ("decoder", _decoder)):
         for ours, theirs, kind, skip in walk(params):
             pairs += _module(f"{part}.{ours}", f"{part}.{theirs}", kind, skip)
     if params.quant_conv:
-        for name in ("quant_conv", "post_quant_conv"):
-            pairs += [(f"{name}.{leaf}", (f"{name}.{leaf}",)) for leaf in ("weight", "bias")]
+        pairs += module_pairs("", "", (("quant_conv", "quant_conv"), ("post_quant_conv", "post_quant_conv")))
     if params.regularizer.name == "vq":
-        pairs.append(("regularizer.codebook", ("quantize.embedding.weight",)))
+        pairs.append(Pair("regularizer.codebook", ("quantize.embedding.weight",)))
     return pairs
 
 
 def from_original(model: Autoencoder, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``model``'s state dict with every weight the original has taken from ``state`` (original
-    names, without the ``first_stage_model.`` prefix); a ``KeyError`` names the first missing
-    one and a ``ValueError`` a tensor whose size is not what ``model``'s params make."""
-    ours = model.state_dict()
-    for name, originals in autoencoder_pairs(model.params):
-        missing = [key for key in originals if key not in state]
-        if missing:
-            raise KeyError(missing[0])
-        stacked = torch.cat([state[key] for key in originals])
-        if stacked.shape != ours[name].shape:
-            raise ValueError(
-                f"{' + '.join(originals)} has shape {tuple(stacked.shape)} where the params make "
-                f"{tuple(ours[name].shape)}"
-            )
-        ours[name] = stacked.to(ours[name].dtype)
-    return ours
+    names, without the ``first_stage_model.`` prefix); see :func:`original_names.from_original`."""
+    return original_names.from_original(model, autoencoder_pairs(model.params), state)
 
 
 def to_original(model: Autoencoder) -> dict[str, Tensor]:
     """``model``'s weights under the original's names (fused attention split into q, k, v)."""
-    ours = model.state_dict()
-    state = {}
-    for name, originals in autoencoder_pairs(model.params):
-        for key, part in zip(originals, ours[name].chunk(len(originals)), strict=True):
-            state[key] = part.clone()
-    return state
+    return original_names.to_original(model, autoencoder_pairs(model.params))

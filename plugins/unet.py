@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
@@ -76,10 +76,18 @@ class SpatialTransformer(nn.Module):
     (zero-initialised, so the block starts as the identity), residual."""
 
     def __init__(
-        self, channels: int, heads: int, depth: int, context_dim: int | None, groups: int, ff_mult: int, dropout: float
+        self,
+        channels: int,
+        heads: int,
+        depth: int,
+        context_dim: int | None,
+        groups: int,
+        ff_mult: int,
+        dropout: float,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(
             TransformerBlock(channels, heads, context_dim, ff_mult, dropout) for _ in range(depth)
@@ -96,11 +104,36 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w))
 
 
-class _Stage(nn.Module):
+class SelfAttention(nn.Module):
+    """GroupNorm, multi-head self-attention over all positions, projection back
+    (zero-initialised), residual: the original's plain attention block, which its models
+    without cross-attention use. ``context`` is ignored."""
+
+    def __init__(self, channels: int, heads: int, groups: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h, w = x.shape[-2:]
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        q, k, v = rearrange(self.qkv(tokens), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        attended = rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)")
+        return x + rearrange(self.out(attended), "b (h w) c -> b c h w", h=h, w=w)
+
+
+class Stage(nn.Module):
     """One step of the UNet's path: a residual block, then attention, then resampling (each optional)."""
 
     def __init__(
-        self, res: ResBlock | None = None, attn: SpatialTransformer | None = None, resample: nn.Module | None = None
+        self,
+        res: ResBlock | None = None,
+        attn: SpatialTransformer | SelfAttention | None = None,
+        resample: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.res, self.attn, self.resample = res, attn, resample
@@ -110,7 +143,9 @@ class _Stage(nn.Module):
             h = self.res(h, emb)
         if self.attn is not None:
             h = self.attn(h, context)
-        if self.resample is not None:
+        if isinstance(self.resample, ResBlock):
+            h = self.resample(h, emb)
+        elif self.resample is not None:
             h = self.resample(h)
         return h
 
@@ -145,6 +180,22 @@ class UNet(Denoiser):
             [1, 2], description="Levels with a spatial transformer after each residual block."
         )
         mid_attention: bool = Field(True, description="A spatial transformer between the two middle residual blocks.")
+        attention: Literal["transformer", "self"] = Field(
+            "transformer",
+            description=(
+                "Spatial transformers (self- and cross-attention, feed-forward), or plain multi-head self-attention "
+                "blocks (the original's AttentionBlock, in its models without cross-attention)."
+            ),
+        )
+        attention_norm_eps: PositiveFloat = Field(
+            1e-5,
+            description=(
+                "The epsilon of the GroupNorm before each attention block (the original's spatial transformer: 1e-6)."
+            ),
+        )
+        resblock_updown: bool = Field(
+            False, description="Resample between levels with residual blocks instead of (de)convolutions."
+        )
         num_heads: PositiveInt = Field(4, description="Attention heads (unless head_channels is set).")
         head_channels: PositiveInt | None = Field(
             None, description="Channels per head; sets the heads per level instead of num_heads."
@@ -165,6 +216,11 @@ class UNet(Denoiser):
             check_norm_groups(
                 self.model_channels, self.channel_mult, self.norm_groups, "model_channels", "channel_mult"
             )
+            if self.attention == "self" and self.context_dim is not None:
+                raise ValueError(
+                    f"attention 'self' has no cross-attention but context_dim is {self.context_dim}; use attention "
+                    "'transformer' or conditioners that give no context"
+                )
             levels = [*self.attention_levels, *([len(self.channel_mult) - 1] if self.mid_attention else [])]
             for level in sorted(set(levels)):
                 width = self.model_channels * self.channel_mult[level]
@@ -196,42 +252,43 @@ class UNet(Denoiser):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.vector = nn.Linear(p.vector_dim, emb) if p.vector_dim else None
 
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, g, drop, emb_channels=emb, scale_shift=p.scale_shift_norm)
+        def res(c_in: int, c_out: int, resample: Literal["up", "down"] | None = None) -> ResBlock:
+            return ResBlock(c_in, c_out, g, drop, emb_channels=emb, scale_shift=p.scale_shift_norm, resample=resample)
 
-        def attn(c: int) -> SpatialTransformer:
+        def attn(c: int) -> SpatialTransformer | SelfAttention:
             heads = c // p.head_channels if p.head_channels else p.num_heads
-            return SpatialTransformer(c, heads, p.transformer_depth, p.context_dim, g, p.ff_mult, drop)
+            if p.attention == "self":
+                return SelfAttention(c, heads, g, p.attention_norm_eps)
+            eps = p.attention_norm_eps
+            return SpatialTransformer(c, heads, p.transformer_depth, p.context_dim, g, p.ff_mult, drop, eps)
 
         widths = [mc * m for m in p.channel_mult]
         self.input = nn.Conv2d(p.in_channels, mc, 3, padding=1)
         self.down, skips, c = nn.ModuleList(), [mc], mc
         for level, width in enumerate(widths):
             for _ in range(p.num_res_blocks):
-                self.down.append(_Stage(res(c, width), attn(width) if level in p.attention_levels else None))
+                self.down.append(Stage(res(c, width), attn(width) if level in p.attention_levels else None))
                 c = width
                 skips.append(c)
             if level < len(widths) - 1:
-                self.down.append(_Stage(resample=downsample(c)))
+                self.down.append(Stage(res(c, c, "down")) if p.resblock_updown else Stage(resample=downsample(c)))
                 skips.append(c)
-        self.middle = nn.ModuleList([_Stage(res(c, c), attn(c) if p.mid_attention else None), _Stage(res(c, c))])
+        self.middle = nn.ModuleList([Stage(res(c, c), attn(c) if p.mid_attention else None), Stage(res(c, c))])
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for i in range(p.num_res_blocks + 1):
                 last = i == p.num_res_blocks and level > 0
-                self.up.append(
-                    _Stage(
-                        res(c + skips.pop(), width),
-                        attn(width) if level in p.attention_levels else None,
-                        Upsample(width) if last else None,
-                    )
-                )
+                # Built in this order (residual, attention, resampling) so that seeded inits stay as they were.
+                block = res(c + skips.pop(), width)
+                attention = attn(width) if level in p.attention_levels else None
+                upsample = (res(width, width, "up") if p.resblock_updown else Upsample(width)) if last else None
+                self.up.append(Stage(block, attention, upsample))
                 c = width
         self.out = nn.Sequential(nn.GroupNorm(g, c), nn.SiLU(), nn.Conv2d(c, p.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def _run(self, stage: _Stage, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
+    def _run(self, stage: Stage, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         if self.params.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(stage, h, emb, context, use_reentrant=False)
         return stage(h, emb, context)

@@ -20,6 +20,7 @@ import torch
 from core import load_registry
 from plugins.autoencoder import Autoencoder
 from plugins.original_autoencoder import autoencoder_pairs, from_original, to_original
+from tests.original_fixtures import fingerprint, seeded_state
 
 ORIGINAL_OPTIONS = {"norm_eps": 1e-6, "downsample_pad": "bottom_right", "quant_conv": True}
 TINY = {
@@ -42,28 +43,12 @@ def build(kind: str, **params) -> Autoencoder:
 
 
 def original_state(model: Autoencoder, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Seeded weights under the original's names, drawn in sorted name order: GroupNorm scales
-    1 + 0.1 N(0, 1), biases 0.1 N(0, 1), the rest N(0, 1) / sqrt(fan-in)."""
-    generator = torch.Generator().manual_seed(seed)
-    shapes = {key: tensor.shape for key, tensor in to_original(model).items()}
-    state = {}
-    for key in sorted(shapes):
-        shape = shapes[key]
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) == 1:
-            state[key] = (1 + 0.1 * noise) if "norm" in key and key.endswith("weight") else 0.1 * noise
-        else:
-            state[key] = noise / shape[1:].numel() ** 0.5
-    return state
+    """Seeded weights (:func:`seeded_state`) under the original's names."""
+    return seeded_state({key: tensor.shape for key, tensor in to_original(model).items()}, seed)
 
 
 def example_input() -> torch.Tensor:
     return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-
-
-def fingerprint(tensor: torch.Tensor) -> list[float]:
-    flat = tensor.double().flatten()
-    return [flat.sum().item(), flat.abs().sum().item(), *flat[:4].tolist()]
 
 
 ORIGINAL = {
@@ -272,7 +257,7 @@ def test_names_round_trip_and_cover_every_weight():
     again.load_state_dict(from_original(again, state))
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[key]), key
-    mapped = {name for name, _ in autoencoder_pairs(model.params)}
+    mapped = {pair.ours for pair in autoencoder_pairs(model.params)}
     assert set(model.state_dict()) - mapped == {"regularizer.usage", "regularizer.initialized"}
 
 

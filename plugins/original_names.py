@@ -1,0 +1,84 @@
+"""Weights under the original CompVis code's names: the pairing of our tensors with theirs,
+and the conversion of state dicts both ways, shared by the components that can load them.
+
+A :class:`Pair` says which original tensors make one of ours: usually one under another
+name; several stacked along the first axis where we fuse projections the original keeps
+apart (attention's q, k, v); rows regrouped where the original interleaves heads (its legacy
+attention's fused qkv, head by head); reshaped where it uses a 1-d convolution for what is a
+linear map here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Our tensor ``ours`` is the original tensors ``originals`` stacked along the first axis;
+    with ``heads`` set, one original fused qkv tensor whose rows run head by head (q, k, v of
+    head 0, then of head 1...), where ours run q of every head, then k, then v."""
+
+    ours: str
+    originals: tuple[str, ...]
+    heads: int | None = None
+
+
+def module_pairs(
+    ours: str, theirs: str, subs: Iterable[tuple[str, str | tuple[str, ...]]], bias: bool = True
+) -> Iterator[Pair]:
+    """The weight (and bias) pairs of the submodules ``subs`` (our name, the original name or
+    names) of a module at our prefix ``ours`` and the original prefix ``theirs``."""
+    leaves = ("weight", "bias") if bias else ("weight",)
+    for mine, originals in subs:
+        names = (originals,) if isinstance(originals, str) else originals
+        for leaf in leaves:
+            ours_name = ".".join(part for part in (ours, mine, leaf) if part)
+            yield Pair(ours_name, tuple(".".join(part for part in (theirs, name, leaf) if part) for name in names))
+
+
+def _regroup(tensor: Tensor, heads: int, from_original: bool) -> Tensor:
+    outer = (heads, 3) if from_original else (3, heads)
+    return tensor.reshape(*outer, -1, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
+
+
+def from_original(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s state dict with every tensor that ``pairs`` name taken from ``state`` (original
+    names); a ``KeyError`` names the first missing one and a ``ValueError`` a tensor whose size
+    is not what ``model``'s params make."""
+    ours = model.state_dict()
+    for pair in pairs:
+        missing = [key for key in pair.originals if key not in state]
+        if missing:
+            raise KeyError(missing[0])
+        stacked = torch.cat([state[key] for key in pair.originals])
+        target = ours[pair.ours]
+        # The original's 1-d convolutions (C_out, C_in, 1) are our linear maps (C_out, C_in).
+        if stacked.shape != target.shape and stacked.squeeze(-1).shape != target.shape:
+            raise ValueError(
+                f"{' + '.join(pair.originals)} has shape {tuple(stacked.shape)} where the params make "
+                f"{tuple(target.shape)}"
+            )
+        stacked = stacked.reshape(target.shape)
+        if pair.heads is not None:
+            stacked = _regroup(stacked, pair.heads, from_original=True)
+        ours[pair.ours] = stacked.to(target.dtype)
+    return ours
+
+
+def to_original(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
+    """``model``'s tensors that ``pairs`` name, under the original's names and layouts (our
+    linear maps stay 2-d: a 1-d convolution of the original loads them after a reshape)."""
+    ours = model.state_dict()
+    state = {}
+    for pair in pairs:
+        tensor = ours[pair.ours]
+        if pair.heads is not None:
+            tensor = _regroup(tensor, pair.heads, from_original=False)
+        for key, part in zip(pair.originals, tensor.chunk(len(pair.originals)), strict=True):
+            state[key] = part.clone()
+    return state

@@ -1,0 +1,102 @@
+"""The names the original CompVis code gives the ``unet``'s weights (its ``UNetModel``, under
+``model.diffusion_model.`` in an LDM checkpoint), and the conversion of its state dicts to
+ours and back.
+
+Where the layouts differ: our cross-attention fuses the key and value projections the
+original keeps apart (``to_k``, ``to_v``); our plain self-attention is a linear map with
+q, k and v each over all heads, where the original's legacy block is a 1-d convolution whose
+rows run head by head; the original numbers its blocks along its path (``input_blocks.n``,
+``middle_block``, ``output_blocks.n``), each a list of a residual block, an attention block
+and a resampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from torch import Tensor, nn
+
+from plugins import original_names
+from plugins.blocks import ResBlock
+from plugins.original_names import Pair, module_pairs
+from plugins.unet import SelfAttention, SpatialTransformer, Stage, UNet
+
+_RESBLOCK = (
+    ("in_layers.0", "in_layers.0"),
+    ("in_layers.2", "in_layers.2"),
+    ("emb.1", "emb_layers.1"),
+    ("out_norm", "out_layers.0"),
+    ("out_layers.2", "out_layers.3"),
+)
+
+
+def _res(ours: str, theirs: str, block: ResBlock) -> Iterator[Pair]:
+    skip = (("skip", "skip_connection"),) if isinstance(block.skip, nn.Conv2d) else ()
+    return module_pairs(ours, theirs, (*_RESBLOCK, *skip))
+
+
+def _attention(ours: str, theirs: str, block: SpatialTransformer | SelfAttention) -> Iterator[Pair]:
+    if isinstance(block, SelfAttention):
+        yield from module_pairs(ours, theirs, (("norm", "norm"), ("out", "proj_out")))
+        for leaf in ("weight", "bias"):
+            yield Pair(f"{ours}.qkv.{leaf}", (f"{theirs}.qkv.{leaf}",), heads=block.heads)
+        return
+    yield from module_pairs(ours, theirs, (("norm", "norm"), ("proj_in", "proj_in"), ("proj_out", "proj_out")))
+    for k, layer in enumerate(block.blocks):
+        mine, original = f"{ours}.blocks.{k}", f"{theirs}.transformer_blocks.{k}"
+        norms = ("norm1", "norm2", "norm3") if layer.cross else ("norm1", "norm3")
+        subs = [(name, name) for name in norms] + [("ff_in", "ff.net.0.proj"), ("ff_out.1", "ff.net.2")]
+        yield from module_pairs(mine, original, subs)
+        for attn in ("attn1", "attn2") if layer.cross else ("attn1",):
+            yield from module_pairs(mine, original, ((f"{attn}.out", f"{attn}.to_out.0"),))
+            yield from module_pairs(
+                mine, original, ((f"{attn}.q", f"{attn}.to_q"), (f"{attn}.kv", (f"{attn}.to_k", f"{attn}.to_v"))), False
+            )
+
+
+def _stage(ours: str, theirs: str, stage: Stage, start: int = 0) -> list[Pair]:
+    """A stage of ours as modules ``start``, ``start + 1``... of the original's list at
+    ``theirs``: residual block, attention, resampler, those the stage has."""
+    pairs, index = [], start
+    for name, module in (("res", stage.res), ("attn", stage.attn), ("resample", stage.resample)):
+        if module is None:
+            continue
+        mine, original = f"{ours}.{name}", f"{theirs}.{index}"
+        if isinstance(module, ResBlock):
+            pairs += _res(mine, original, module)
+        elif name == "attn":
+            pairs += _attention(mine, original, module)
+        elif isinstance(module, nn.Conv2d):  # the down path's strided convolution
+            pairs += module_pairs(mine, f"{original}.op", (("", ""),))
+        else:  # Upsample
+            pairs += module_pairs(mine, original, (("conv", "conv"),))
+        index += 1
+    return pairs
+
+
+def unet_pairs(model: UNet) -> list[Pair]:
+    """Every weight of ``model`` that the original has, with its original names (our vector
+    condition's projection has none)."""
+    pairs = list(module_pairs("", "", (("time_embed.0", "time_embed.0"), ("time_embed.2", "time_embed.2"))))
+    pairs += module_pairs("input", "input_blocks.0.0", (("", ""),))
+    for i, stage in enumerate(model.down):
+        pairs += _stage(f"down.{i}", f"input_blocks.{i + 1}", stage)
+    start = 0
+    for i, stage in enumerate(model.middle):  # one list in the original: res, attention, res
+        pairs += _stage(f"middle.{i}", "middle_block", stage, start)
+        start += sum(module is not None for module in (stage.res, stage.attn))
+    for i, stage in enumerate(model.up):
+        pairs += _stage(f"up.{i}", f"output_blocks.{i}", stage)
+    pairs += module_pairs("out", "out", (("0", "0"), ("2", "2")))
+    return pairs
+
+
+def from_original(model: UNet, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s state dict with every weight the original has taken from ``state`` (original
+    names, without the ``model.diffusion_model.`` prefix); see :func:`original_names.from_original`."""
+    return original_names.from_original(model, unet_pairs(model), state)
+
+
+def to_original(model: UNet) -> dict[str, Tensor]:
+    """``model``'s weights under the original's names and layouts."""
+    return original_names.to_original(model, unet_pairs(model))
