@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from core.conditioning import Conditioning, ConditioningShape
 from core.diffusion import Spacing
+from core.original import Pair
 from core.params import Params
 
 
@@ -39,6 +40,13 @@ class Component:
                 f"{type(self).__name__} is built from {type(self).__name__}.Params, got {type(params).__name__}"
             )
         self.params = params
+
+    def original_names(self) -> list[Pair]:
+        """Each of this component's tensors paired with the names the original CompVis code
+        gives it (see :mod:`core.original`, which converts state dicts both ways with them);
+        empty, the default, when the component has no counterpart there. An implementation
+        must pair every tensor of the state dict that the original has."""
+        return []
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import FirstStage, LatentShape, Params, RegularizerSpec
+from core.original import Pair
 from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, downsample
+from plugins.original_autoencoder import autoencoder_pairs
 
 
 class Attention(nn.Module):
@@ -122,6 +124,10 @@ class Autoencoder(FirstStage):
                 up.append(Upsample(c))
         up.append(_head(c, p.in_channels, g, eps))
         self.decoder = nn.Sequential(*up)
+
+    def original_names(self) -> list[Pair]:
+        """The original's names (see :mod:`plugins.original_autoencoder`)."""
+        return autoencoder_pairs(self.params)
 
     def decoder_last_layer(self) -> Tensor:
         return self.decoder[-1][-1].weight

@@ -1,6 +1,6 @@
-"""The names the original CompVis code gives the ``autoencoder``'s weights, and the conversion
-of its state dicts (``AutoencoderKL`` / ``VQModel``: ``encoder.*``, ``decoder.*``,
-``quant_conv``, ``post_quant_conv``, ``quantize.embedding.weight``) to ours and back.
+"""The names the original CompVis code gives the ``autoencoder``'s weights (``AutoencoderKL`` /
+``VQModel``: ``encoder.*``, ``decoder.*``, ``quant_conv``, ``post_quant_conv``,
+``quantize.embedding.weight``), for :meth:`Autoencoder.original_names`.
 
 Ours and the original differ in names and in one layout: our attention has one fused
 ``qkv`` convolution where the original has ``q``, ``k`` and ``v``, so a fused weight is the
@@ -10,13 +10,10 @@ resolution (``up.0`` is the full-resolution one, run last); ours runs in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from typing import Any
 
-from torch import Tensor
-
-from plugins import original_names
-from plugins.autoencoder import Autoencoder
-from plugins.original_names import Pair, module_pairs
+from core.original import Pair, module_pairs
 
 _RESBLOCK = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_norm", "norm2"), ("out_layers.2", "conv2"))
 _SUBS = {"attn": (("norm", "norm"), ("qkv", ("q", "k", "v")), ("out", "proj_out")), "conv": (("", ""),)}
@@ -27,7 +24,7 @@ def _module(ours: str, theirs: str, kind: str, skip: bool) -> Iterator[Pair]:
     return module_pairs(ours, theirs, subs)
 
 
-def _encoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
+def _encoder(p: Any) -> Iterator[tuple[str, str, str, bool]]:
     """(our prefix, original prefix, kind, has a 1x1 skip) of each encoder module, in order."""
     widths = [p.ch * m for m in p.ch_mult]
     yield "0", "conv_in", "conv", False
@@ -49,7 +46,7 @@ def _encoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
     yield f"{index}.2", "conv_out", "conv", False
 
 
-def _middle(p: Autoencoder.Params, index: int, c: int) -> Iterator[tuple[str, str, str, bool]]:
+def _middle(p: Any, index: int, c: int) -> Iterator[tuple[str, str, str, bool]]:
     yield str(index), "mid.block_1", "res", False
     if p.mid_attention:
         index += 1
@@ -57,7 +54,7 @@ def _middle(p: Autoencoder.Params, index: int, c: int) -> Iterator[tuple[str, st
     yield str(index + 1), "mid.block_2", "res", False
 
 
-def _decoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
+def _decoder(p: Any) -> Iterator[tuple[str, str, str, bool]]:
     widths = [p.ch * m for m in p.ch_mult]
     c = widths[-1]
     yield "0", "conv_in", "conv", False
@@ -77,9 +74,10 @@ def _decoder(p: Autoencoder.Params) -> Iterator[tuple[str, str, str, bool]]:
     yield f"{index}.2", "conv_out", "conv", False
 
 
-def autoencoder_pairs(params: Autoencoder.Params) -> list[Pair]:
-    """Every weight of an ``autoencoder`` built with ``params`` that the original has, with its
-    original names; our regulariser's bookkeeping buffers (VQ code use) have none."""
+def autoencoder_pairs(params: Any) -> list[Pair]:
+    """Every weight of an ``autoencoder`` built with ``params`` (its ``Params``) that the
+    original has, with its original names; our regulariser's bookkeeping buffers (VQ code use)
+    have none."""
     pairs: list[Pair] = []
     for part, walk in (("encoder", _encoder), ("decoder", _decoder)):
         for ours, theirs, kind, skip in walk(params):
@@ -89,14 +87,3 @@ def autoencoder_pairs(params: Autoencoder.Params) -> list[Pair]:
     if params.regularizer.name == "vq":
         pairs.append(Pair("regularizer.codebook", ("quantize.embedding.weight",)))
     return pairs
-
-
-def from_original(model: Autoencoder, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``model``'s state dict with every weight the original has taken from ``state`` (original
-    names, without the ``first_stage_model.`` prefix); see :func:`original_names.from_original`."""
-    return original_names.from_original(model, autoencoder_pairs(model.params), state)
-
-
-def to_original(model: Autoencoder) -> dict[str, Tensor]:
-    """``model``'s weights under the original's names (fused attention split into q, k, v)."""
-    return original_names.to_original(model, autoencoder_pairs(model.params))

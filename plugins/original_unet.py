@@ -1,6 +1,5 @@
 """The names the original CompVis code gives the ``unet``'s weights (its ``UNetModel``, under
-``model.diffusion_model.`` in an LDM checkpoint), and the conversion of its state dicts to
-ours and back.
+``model.diffusion_model.`` in an LDM checkpoint), for :meth:`UNet.original_names`.
 
 Where the layouts differ: our cross-attention fuses the key and value projections the
 original keeps apart (``to_k``, ``to_v``); our plain self-attention is a linear map with
@@ -12,14 +11,13 @@ and a resampler.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
-from plugins import original_names
+from core.original import Pair, module_pairs
 from plugins.blocks import ResBlock
-from plugins.original_names import Pair, module_pairs
-from plugins.unet import SelfAttention, SpatialTransformer, Stage, UNet
 
 _RESBLOCK = (
     ("in_layers.0", "in_layers.0"),
@@ -35,8 +33,9 @@ def _res(ours: str, theirs: str, block: ResBlock) -> Iterator[Pair]:
     return module_pairs(ours, theirs, (*_RESBLOCK, *skip))
 
 
-def _attention(ours: str, theirs: str, block: SpatialTransformer | SelfAttention) -> Iterator[Pair]:
-    if isinstance(block, SelfAttention):
+def _attention(ours: str, theirs: str, block: nn.Module) -> Iterator[Pair]:
+    """A spatial transformer's pairs, or a plain self-attention block's (the one with a fused ``qkv``)."""
+    if hasattr(block, "qkv"):
         yield from module_pairs(ours, theirs, (("norm", "norm"), ("out", "proj_out")))
         for leaf in ("weight", "bias"):
             yield Pair(f"{ours}.qkv.{leaf}", (f"{theirs}.qkv.{leaf}",), heads=block.heads)
@@ -54,7 +53,7 @@ def _attention(ours: str, theirs: str, block: SpatialTransformer | SelfAttention
             )
 
 
-def _stage(ours: str, theirs: str, stage: Stage, start: int = 0) -> list[Pair]:
+def _stage(ours: str, theirs: str, stage: Any, start: int = 0) -> list[Pair]:
     """A stage of ours as modules ``start``, ``start + 1``... of the original's list at
     ``theirs``: residual block, attention, resampler, those the stage has."""
     pairs, index = [], start
@@ -74,7 +73,7 @@ def _stage(ours: str, theirs: str, stage: Stage, start: int = 0) -> list[Pair]:
     return pairs
 
 
-def unet_pairs(model: UNet) -> list[Pair]:
+def unet_pairs(model: Any) -> list[Pair]:
     """Every weight of ``model`` that the original has, with its original names (our vector
     condition's projection has none)."""
     pairs = list(module_pairs("", "", (("time_embed.0", "time_embed.0"), ("time_embed.2", "time_embed.2"))))
@@ -89,14 +88,3 @@ def unet_pairs(model: UNet) -> list[Pair]:
         pairs += _stage(f"up.{i}", f"output_blocks.{i}", stage)
     pairs += module_pairs("out", "out", (("0", "0"), ("2", "2")))
     return pairs
-
-
-def from_original(model: UNet, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``model``'s state dict with every weight the original has taken from ``state`` (original
-    names, without the ``model.diffusion_model.`` prefix); see :func:`original_names.from_original`."""
-    return original_names.from_original(model, unet_pairs(model), state)
-
-
-def to_original(model: UNet) -> dict[str, Tensor]:
-    """``model``'s weights under the original's names and layouts."""
-    return original_names.to_original(model, unet_pairs(model))

@@ -20,7 +20,9 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from core import Conditioning, Denoiser, Params
+from core.original import Pair
 from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, downsample
+from plugins.original_unet import unet_pairs
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -287,6 +289,11 @@ class UNet(Denoiser):
         self.out = nn.Sequential(nn.GroupNorm(g, c), nn.SiLU(), nn.Conv2d(c, p.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+
+    def original_names(self) -> list[Pair]:
+        """The original ``UNetModel``'s names (see :mod:`plugins.original_unet`); the vector
+        condition's projection has none."""
+        return unet_pairs(self)
 
     def _run(self, stage: Stage, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         if self.params.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -17,9 +17,8 @@ values of each output, in float64 from float32 computations.
 import pytest
 import torch
 
-from core import load_registry
+from core import load_registry, original
 from plugins.autoencoder import Autoencoder
-from plugins.original_autoencoder import autoencoder_pairs, from_original, to_original
 from tests.original_fixtures import fingerprint, seeded_state
 
 ORIGINAL_OPTIONS = {"norm_eps": 1e-6, "downsample_pad": "bottom_right", "quant_conv": True}
@@ -44,7 +43,7 @@ def build(kind: str, **params) -> Autoencoder:
 
 def original_state(model: Autoencoder, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded weights (:func:`seeded_state`) under the original's names."""
-    return seeded_state({key: tensor.shape for key, tensor in to_original(model).items()}, seed)
+    return seeded_state({key: tensor.shape for key, tensor in original.to_original(model).items()}, seed)
 
 
 def example_input() -> torch.Tensor:
@@ -223,7 +222,7 @@ ORIGINAL_VQ_INDICES = [
 
 def loaded(kind: str) -> Autoencoder:
     model = build(kind)
-    model.load_state_dict(from_original(model, original_state(model)))
+    model.load_state_dict(original.from_original(model, original_state(model)))
     return model
 
 
@@ -244,20 +243,20 @@ def test_the_original_options_matter():
     reference = fingerprint(loaded("kl").moments(example_input()).detach())
     for key, ours in (("norm_eps", 1e-5), ("downsample_pad", "both")):
         model = build("kl", **{key: ours})
-        model.load_state_dict(from_original(model, original_state(build("kl"))))
+        model.load_state_dict(original.from_original(model, original_state(build("kl"))))
         assert abs(fingerprint(model.moments(example_input()).detach())[1] - reference[1]) > 1e-4, key
 
 
 def test_names_round_trip_and_cover_every_weight():
     model = loaded("vq")
-    state = to_original(model)
+    state = original.to_original(model)
     assert len(state) == 155 and "encoder.down.0.downsample.conv.weight" in state
     assert {"decoder.up.1.upsample.conv.weight", "decoder.up.1.attn.1.q.weight"} <= state.keys()
     again = build("vq")
-    again.load_state_dict(from_original(again, state))
+    again.load_state_dict(original.from_original(again, state))
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[key]), key
-    mapped = {pair.ours for pair in autoencoder_pairs(model.params)}
+    mapped = {pair.ours for pair in model.original_names()}
     assert set(model.state_dict()) - mapped == {"regularizer.usage", "regularizer.initialized"}
 
 
@@ -276,7 +275,7 @@ def test_a_missing_or_misshapen_weight_is_named():
     model = build("kl")
     state = original_state(model)
     with pytest.raises(KeyError, match="decoder.conv_out.bias"):
-        from_original(model, {k: v for k, v in state.items() if k != "decoder.conv_out.bias"})
+        original.from_original(model, {k: v for k, v in state.items() if k != "decoder.conv_out.bias"})
     state["quant_conv.weight"] = torch.zeros(4, 4, 3, 3)
     with pytest.raises(ValueError, match=r"quant_conv.weight has shape \(4, 4, 3, 3\) where the params make"):
-        from_original(model, state)
+        original.from_original(model, state)

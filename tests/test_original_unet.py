@@ -15,8 +15,7 @@ head order), ``resblock_updown`` and ``use_scale_shift_norm``. The fingerprints 
 import pytest
 import torch
 
-from core import Conditioning
-from plugins.original_unet import from_original, to_original, unet_pairs
+from core import Conditioning, original
 from plugins.unet import UNet
 from tests.original_fixtures import fingerprint, seeded_state
 
@@ -42,7 +41,7 @@ def build(variant: str) -> UNet:
 
 def original_state(model: UNet, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded weights under the original's names and shapes (its 1-d convolutions' trailing 1)."""
-    shapes = {key: tensor.shape for key, tensor in to_original(model).items()}
+    shapes = {key: tensor.shape for key, tensor in original.to_original(model).items()}
     one_d = {key for key in shapes if key.endswith((".qkv.weight", ".proj_out.weight")) and len(shapes[key]) == 2}
     return seeded_state(
         {key: torch.Size((*shape, 1)) if key in one_d else shape for key, shape in shapes.items()}, seed
@@ -79,7 +78,7 @@ ORIGINAL = {
 
 def loaded(variant: str) -> UNet:
     model = build(variant)
-    model.load_state_dict(from_original(model, original_state(model)))
+    model.load_state_dict(original.from_original(model, original_state(model)))
     return model
 
 
@@ -94,31 +93,31 @@ def test_output_equals_the_original_codes(variant):
 @pytest.mark.parametrize("variant", ["transformer", "self"])
 def test_names_round_trip(variant):
     model = loaded(variant)
-    state = to_original(model)
+    state = original.to_original(model)
     again = build(variant)
-    again.load_state_dict(from_original(again, state))
+    again.load_state_dict(original.from_original(again, state))
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[key]), key
-    assert {pair.ours for pair in unet_pairs(model)} == set(model.state_dict())
+    assert {pair.ours for pair in model.original_names()} == set(model.state_dict())
 
 
 def test_original_names_of_a_worked_example():
     """Names as the original's module lists number them (helper's reading of openaimodel.py)."""
-    state = to_original(build("self"))
+    state = original.to_original(build("self"))
     assert "input_blocks.2.0.in_layers.2.weight" in state  # the down-resampling residual block
     assert "output_blocks.1.2.out_layers.3.weight" in state  # res, attention, then the up-resampling block
     assert state["middle_block.1.qkv.weight"].shape == (192, 64)
     assert "input_blocks.0.0.weight" in state and "out.2.bias" in state
-    transformer = to_original(build("transformer"))
+    transformer = original.to_original(build("transformer"))
     assert transformer["input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight"].shape == (64, 24)
-    assert "input_blocks.2.0.op.weight" in to_original(build("transformer"))
+    assert "input_blocks.2.0.op.weight" in original.to_original(build("transformer"))
 
 
 def test_legacy_heads_are_regrouped():
     """Rows of the original's fused qkv run head by head; ours run q of every head, then k, then v."""
     model = build("self")
     state = original_state(model)
-    ours = from_original(model, state)["middle.0.attn.qkv.weight"]
+    ours = original.from_original(model, state)["middle.0.attn.qkv.weight"]
     theirs = state["middle_block.1.qkv.weight"].squeeze(-1)  # 4 heads of 16 channels: rows 0-15 q0, 16-31 k0...
     torch.testing.assert_close(ours[64:80], theirs[16:32])  # k of head 0
     torch.testing.assert_close(ours[16:32], theirs[48:64])  # q of head 1

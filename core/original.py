@@ -1,5 +1,6 @@
-"""Weights under the original CompVis code's names: the pairing of our tensors with theirs,
-and the conversion of state dicts both ways, shared by the components that can load them.
+"""Weights under the original CompVis code's names: the pairing of a component's tensors with
+theirs (what :meth:`core.Component.original_names` gives), and the conversion of state dicts
+both ways.
 
 A :class:`Pair` says which original tensors make one of ours: usually one under another
 name; several stacked along the first axis where we fuse projections the original keeps
@@ -46,12 +47,12 @@ def _regroup(tensor: Tensor, heads: int, from_original: bool) -> Tensor:
     return tensor.reshape(*outer, -1, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
 
 
-def from_original(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``model``'s state dict with every tensor that ``pairs`` name taken from ``state`` (original
-    names); a ``KeyError`` names the first missing one and a ``ValueError`` a tensor whose size
-    is not what ``model``'s params make."""
+def from_original(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s state dict with every tensor its ``original_names()`` pair taken from ``state``
+    (original names); a ``KeyError`` names the first missing one and a ``ValueError`` a tensor
+    whose size is not what ``model``'s params make."""
     ours = model.state_dict()
-    for pair in pairs:
+    for pair in model.original_names():
         missing = [key for key in pair.originals if key not in state]
         if missing:
             raise KeyError(missing[0])
@@ -70,12 +71,13 @@ def from_original(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, T
     return ours
 
 
-def to_original(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
-    """``model``'s tensors that ``pairs`` name, under the original's names and layouts (our
-    linear maps stay 2-d: a 1-d convolution of the original loads them after a reshape)."""
+def to_original(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s tensors that its ``original_names()`` pair, under the original's names and
+    layouts (our linear maps stay 2-d: a 1-d convolution of the original loads them after a
+    reshape)."""
     ours = model.state_dict()
     state = {}
-    for pair in pairs:
+    for pair in model.original_names():
         tensor = ours[pair.ours]
         if pair.heads is not None:
             tensor = _regroup(tensor, pair.heads, from_original=False)
