@@ -44,7 +44,7 @@ def test_list_shows_builtins_by_kind_with_their_origin(cli):
     code, out, _ = cli("--list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[lines.index("conditioner") + 1].split()[0] == "class_label"
+    assert lines[lines.index("conditioner") + 1].split()[0] == "box_map"
     assert "[plugin 'builtin' (ldm-framework 0.1.0)]" in lines[lines.index("conditioner") + 1]
     assert lines[lines.index("denoiser") + 1].split()[0] == "unet"
 

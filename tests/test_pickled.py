@@ -75,3 +75,11 @@ def test_files_without_tensors_are_refused(tmp_path):
     torch.save({"global_step": 3}, tmp_path / "empty.ckpt")
     with pytest.raises(ValueError, match="empty.ckpt holds no tensors under 'state_dict' or at its top level"):
         read_checkpoint(tmp_path / "empty.ckpt")
+
+
+def test_the_legacy_format_is_read_through_the_same_restrictions(tmp_path):
+    marker = tmp_path / "ran"
+    weights = {"w": torch.arange(6.0).view(2, 3)}
+    path = tmp_path / "legacy.pt"
+    torch.save({"state_dict": weights, "payload": Payload(marker)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(path)["w"], weights["w"]) and not marker.exists()

@@ -77,8 +77,8 @@ def test_top_level_extra_key_and_missing_field(registry):
 
 def test_unknown_task_and_missing_task(registry):
     assert problems(registry, {**BASE, "task": "inpsect"}) == {
-        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, inspect, latent_stats, "
-        "pipeline, sample, train_autoencoder, train_ldm"
+        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, import_checkpoint, inspect, "
+        "latent_stats, pipeline, sample, train_autoencoder, train_ldm"
     }
     assert "this field is required" in problems(registry, {"name": "x"})["task"]
     assert "non-empty JSON object" in problems(registry, [])[""]

@@ -3,8 +3,8 @@
 This is the one place that knows how latents are normalised: diffusion runs on
 ``(z - mean) / std`` and decoding takes ``z * std + mean`` back to the first stage's latent.
 A latent space comes from a run: a ``train_autoencoder`` run (the statistics it stored with
-its final weights) or a ``latent_stats`` run (that run's first stage, with the statistics it
-estimated).
+its final weights), an ``import_checkpoint`` run (the original's scale factor as statistics)
+or a ``latent_stats`` run (that run's first stage, with the statistics it estimated).
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from torch import Tensor, nn
 
 from core import FirstStage, LatentShape, UserError
 from tasks.autoencoder.spec import LatentStatsSpec, TrainAutoencoderSpec
+from tasks.importing.spec import ImportCheckpointSpec
 from tasks.runs.context import RunContext
 from tasks.runs.spec import RunRef
 from tasks.runs.trained import Trained, load_trained, spec_of
 
 STATS_FILE = "latent_stats.safetensors"
 """What a ``latent_stats`` run writes: ``mean`` and ``std`` (c,)."""
+FIRST_STAGE_RUNS = (TrainAutoencoderSpec, ImportCheckpointSpec)
+"""The runs that hold a first stage (saved as ``first_stage``) and its latent statistics."""
 
 
 class LatentSpace(nn.Module):
@@ -61,14 +64,14 @@ class LatentSpace(nn.Module):
 
 def latent_shape_of(ref: RunRef, ctx: RunContext, field: str) -> LatentShape:
     """What the first stage of a latent-space run declares, from its spec alone (no weights)."""
-    spec = spec_of(ref, ctx, field, TrainAutoencoderSpec, LatentStatsSpec)
+    spec = spec_of(ref, ctx, field, *FIRST_STAGE_RUNS, LatentStatsSpec)
     if isinstance(spec, LatentStatsSpec):
         return latent_shape_of(spec.first_stage, ctx, f"{field} (its first_stage)")
     return spec.model.cls.latent_shape(spec.model.params)
 
 
-def _first_stage(ref: RunRef, ctx: RunContext, field: str) -> Trained[TrainAutoencoderSpec]:
-    return load_trained(ref, ctx, field, TrainAutoencoderSpec, "first_stage")
+def _first_stage(ref: RunRef, ctx: RunContext, field: str) -> Trained[TrainAutoencoderSpec | ImportCheckpointSpec]:
+    return load_trained(ref, ctx, field, FIRST_STAGE_RUNS, "first_stage")
 
 
 def load_latent_space(ref: RunRef, ctx: RunContext, field: str) -> LatentSpace:
@@ -77,7 +80,7 @@ def load_latent_space(ref: RunRef, ctx: RunContext, field: str) -> LatentSpace:
     A :class:`UserError` if the run holds no first stage or no statistics (a training stopped
     before ``max_steps``: finish it, or estimate them with a ``latent_stats`` run).
     """
-    spec = spec_of(ref, ctx, field, TrainAutoencoderSpec, LatentStatsSpec)
+    spec = spec_of(ref, ctx, field, *FIRST_STAGE_RUNS, LatentStatsSpec)
     if isinstance(spec, LatentStatsSpec):
         trained = _first_stage(spec.first_stage, ctx, f"{field} (its first_stage)")
         stats_file = ctx.runs_dir / ref.run / STATS_FILE

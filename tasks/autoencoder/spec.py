@@ -59,6 +59,8 @@ class LatentStatsSpec(TaskSpec):
     """
 
     task: Literal["latent_stats"]
-    first_stage: RunRef = Field(description='The train_autoencoder run, e.g. {"run": "digits-autoencoder"}.')
+    first_stage: RunRef = Field(
+        description='The train_autoencoder or import_checkpoint run, e.g. {"run": "digits-autoencoder"}.'
+    )
     data: DatasetSpec
     batch_size: PositiveInt = 64

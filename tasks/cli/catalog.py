@@ -16,6 +16,7 @@ from typing import TextIO
 from core.loader import LoadedRegistry
 from tasks.autoencoder.spec import LatentStatsSpec, TrainAutoencoderSpec
 from tasks.evaluation.spec import EvaluateSpec
+from tasks.importing.spec import ImportCheckpointSpec, resolve_import
 from tasks.inspection import InspectSpec
 from tasks.ldm.specs import SampleSpec, TrainLdmSpec, resolve_train_ldm
 from tasks.pipeline import PipelineSpec, resolve_pipeline
@@ -36,6 +37,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "evaluate": Task(EvaluateSpec, "tasks.evaluation.task"),
+    "import_checkpoint": Task(ImportCheckpointSpec, "tasks.importing.task", resolve_import),
     "inspect": Task(InspectSpec, "tasks.inspection"),
     "latent_stats": Task(LatentStatsSpec, "tasks.autoencoder.latent_stats"),
     "pipeline": Task(PipelineSpec, "tasks.pipeline", resolve_pipeline),

@@ -59,7 +59,12 @@ class _Unpickler(pickle.Unpickler):
         return Inert
 
 
-_RESTRICTED = types.SimpleNamespace(Unpickler=_Unpickler, load=pickle.load, __name__="restricted_pickle")
+def _load(file: Any, **kwargs: Any) -> Any:
+    # torch reads the header records of its legacy (non-zip) format with pickle_module.load.
+    return _Unpickler(file, **kwargs).load()
+
+
+_RESTRICTED = types.SimpleNamespace(Unpickler=_Unpickler, load=_load, __name__="restricted_pickle")
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:

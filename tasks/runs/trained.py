@@ -88,13 +88,16 @@ def spec_of(ref: RunRef, ctx: RunContext, field: str, *tasks: type[T]) -> T:
     return spec
 
 
-def load_trained(ref: RunRef, ctx: RunContext, field: str, task: type[S], model: str) -> Trained[S]:
-    """Model ``model`` of run ``ref.run``, a run of ``task``, with its latest weights.
+def load_trained(
+    ref: RunRef, ctx: RunContext, field: str, task: type[S] | tuple[type[S], ...], model: str
+) -> Trained[S]:
+    """Model ``model`` of run ``ref.run``, a run of ``task`` (or of one of several), with its
+    latest weights.
 
     ``field`` names the spec field holding the reference, for messages; a :class:`UserError`
     says what is missing (the run, its checkpoint, the model).
     """
-    spec = spec_of(ref, ctx, field, task)
+    spec = spec_of(ref, ctx, field, *(task if isinstance(task, tuple) else (task,)))
     build = spec.trained_components().get(model)
     if build is None:
         raise UserError(f"{field}.run: {ref.run!r} (task {spec.task}) trained no {model}")

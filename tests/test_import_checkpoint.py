@@ -1,0 +1,165 @@
+"""`import_checkpoint` with first stages: an original-format config and checkpoint (the tiny
+first stages of tests/test_original_autoencoder.py, whose outputs were measured with the
+original code) become a run that is a latent space for `train_ldm` and `latent_stats`."""
+
+import json
+import re
+
+import pytest
+import torch
+import yaml
+
+from core import load_registry
+from tasks.autoencoder.latent_space import load_latent_space
+from tasks.cli.catalog import context
+from tasks.runs.spec import RunRef
+from tests.original_fixtures import fingerprint
+from tests.test_original_autoencoder import ORIGINAL, build, example_input, original_state
+
+DDCONFIG = {
+    "double_z": True,
+    "z_channels": 2,
+    "resolution": 16,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [8],
+    "dropout": 0.0,
+}
+FIRST_STAGES = {
+    "kl": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {"embed_dim": 2, "ddconfig": DDCONFIG}},
+    "vq": {
+        "target": "ldm.models.autoencoder.VQModel",
+        "params": {"embed_dim": 2, "n_embed": 16, "ddconfig": {**DDCONFIG, "double_z": False}},
+    },
+}
+
+
+def write_original(tmp_path, kind, within_ldm=False, config_edit=None):
+    """An original-format (config, checkpoint) pair; the checkpoint as Lightning writes one, with
+    training-only tensors (loss.*) for a first stage's own and other parts for an LDM's."""
+    first = json.loads(json.dumps(FIRST_STAGES[kind]))
+    state = original_state(build(kind))
+    if within_ldm:
+        model = {
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": {"scale_factor": 0.18215, "first_stage_config": first, "unet_config": {"target": "x"}},
+        }
+        state = {f"first_stage_model.{key}": value for key, value in state.items()}
+        state["model.diffusion_model.out.2.weight"] = torch.zeros(2, 2, 3, 3)
+    else:
+        model = first
+        state["loss.logvar"] = torch.zeros(())
+    config = {"model": model, "lightning": {"trainer": {"max_epochs": 1}}}
+    if config_edit:
+        config_edit(config)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.save({"state_dict": state, "global_step": 10}, tmp_path / "model.ckpt")
+    return {
+        "spec_version": 1,
+        "task": "import_checkpoint",
+        "name": f"imported-{kind}",
+        "runtime": {"accelerator": "cpu"},
+        "checkpoint": "model.ckpt",
+        "original_config": "config.yaml",
+    }
+
+
+def import_run(cli, tmp_path, spec, *extra):
+    (tmp_path / "import.json").write_text(json.dumps(spec))
+    return cli("import.json", *extra)
+
+
+@pytest.mark.parametrize("kind", ["kl", "vq"])
+def test_an_imported_first_stage_computes_what_the_original_does(cli, tmp_path, kind):
+    code, out, err = import_run(cli, tmp_path, write_original(tmp_path, kind))
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["scale_factor"] == 1.0
+    ctx = context(load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"}), tmp_path / "runs")
+    space = load_latent_space(RunRef(run=f"imported-{kind}"), ctx, "first_stage")
+    with torch.no_grad():
+        moments = space.moments(example_input())
+        decoded = space.first_stage.decode(space.first_stage.mode(example_input()))
+    torch.testing.assert_close(fingerprint(moments), ORIGINAL[kind]["moments"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fingerprint(decoded), ORIGINAL[kind]["decoded"], rtol=1e-5, atol=1e-6)
+    assert space.std.flatten().tolist() == [1.0, 1.0] and space.mean.abs().sum() == 0
+
+
+def test_an_ldm_checkpoint_gives_its_first_stage_and_scale_factor(cli, tmp_path):
+    code, out, err = import_run(cli, tmp_path, write_original(tmp_path, "kl", within_ldm=True))
+    assert code == 0, err
+    ctx = context(load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"}), tmp_path / "runs")
+    space = load_latent_space(RunRef(run="imported-kl"), ctx, "first_stage")
+    torch.testing.assert_close(space.std.flatten(), torch.full((2,), 1 / 0.18215))
+
+
+def test_train_ldm_and_latent_stats_take_an_imported_first_stage(cli, tmp_path):
+    assert import_run(cli, tmp_path, write_original(tmp_path, "vq"))[0] == 0
+    digits = {"name": "digits", "params": {"size": 16, "channels": 3}}
+    ldm = {
+        "spec_version": 1,
+        "task": "train_ldm",
+        "name": "ldm",
+        "runtime": {"accelerator": "cpu"},
+        "data": digits,
+        "first_stage": {"run": "imported-vq"},
+        "denoiser": {
+            "name": "unet",
+            "params": {
+                "model_channels": 8,
+                "channel_mult": [1],
+                "num_res_blocks": 1,
+                "attention_levels": [],
+                "mid_attention": False,
+                "norm_groups": 4,
+            },
+        },
+        "train": {"max_steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2},
+    }
+    stats = {
+        "spec_version": 1,
+        "task": "latent_stats",
+        "name": "stats",
+        "runtime": {"accelerator": "cpu"},
+        "first_stage": {"run": "imported-vq"},
+        "data": {**digits, "params": {**digits["params"], "split": "val"}},
+    }
+    for spec in (ldm, stats):
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        code, _, err = cli("spec.json")
+        assert code == 0, err
+    assert (tmp_path / "runs" / "ldm" / "checkpoints").is_dir()
+
+
+def _no_attention(config):
+    config["model"]["params"]["ddconfig"]["attn_type"] = "none"
+
+
+def _unknown_target(config):
+    config["model"]["target"] = "ldm.models.autoencoder.AutoencoderKLSomething"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _unknown_target,
+            r"original_config: config.yaml model.target 'ldm.models.autoencoder.AutoencoderKLSomething' "
+            r"is not a first stage this code can import",
+        ),
+        (_no_attention, r"checkpoint: model.ckpt holds tensors config.yaml does not call for \(decoder.mid.attn_1"),
+    ],
+)
+def test_what_cannot_be_imported_is_refused_and_nothing_is_written(cli, tmp_path, edit, message):
+    code, _, err = import_run(cli, tmp_path, write_original(tmp_path, "kl", config_edit=edit))
+    assert code == 2
+    assert re.search(message, err) and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "runs" / "imported-kl").exists()
+
+
+def test_missing_files_are_named(cli, tmp_path):
+    spec = write_original(tmp_path, "kl")
+    code, _, err = import_run(cli, tmp_path, {**spec, "checkpoint": "nowhere.ckpt"})
+    assert code == 2 and "checkpoint: 'nowhere.ckpt' is not a file; give the path of the checkpoint file" in err
