@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from core import load_registry
+from core import FirstStageSpec, load_registry
 from tasks.autoencoder.latent_space import load_latent_space
 from tasks.cli.catalog import context
+from tasks.importing.original_config import first_stage_config
 from tasks.runs.spec import RunRef
 from tests.original_fixtures import fingerprint
 from tests.test_original_autoencoder import ORIGINAL, build, example_input, original_state
@@ -163,3 +164,46 @@ def test_missing_files_are_named(cli, tmp_path):
     spec = write_original(tmp_path, "kl")
     code, _, err = import_run(cli, tmp_path, {**spec, "checkpoint": "nowhere.ckpt"})
     assert code == 2 and "checkpoint: 'nowhere.ckpt' is not a file; give the path of the checkpoint file" in err
+
+
+# The released first stages' ddconfigs (models/first_stage_models/*/config.yaml at CompVis
+# a506df5; all with resolution 256, ch 128, num_res_blocks 2) and the number of tensors the
+# original code's Encoder, Decoder, quant convs and quantizer hold for each, counted by
+# building them (on the meta device) from those configs.
+RELEASED = {
+    "kl-f4": ("kl", [1, 2, 4], [], 3, None, "vanilla", 204),
+    "kl-f8": ("kl", [1, 2, 4, 4], [], 4, None, "vanilla", 248),
+    "kl-f16": ("kl", [1, 1, 2, 2, 4], [16], 16, None, "vanilla", 342),
+    "kl-f32": ("kl", [1, 1, 2, 2, 4, 4], [16, 8], 64, None, "vanilla", 436),
+    "vq-f4": ("vq", [1, 2, 4], [], 3, 8192, "vanilla", 205),
+    "vq-f4-noattn": ("vq", [1, 2, 4], [], 3, 8192, "none", 185),
+    "vq-f8": ("vq", [1, 2, 2, 4], [32], 4, 16384, "vanilla", 299),
+    "vq-f8-n256": ("vq", [1, 2, 2, 4], [32], 4, 256, "vanilla", 299),
+    "vq-f16": ("vq", [1, 1, 2, 2, 4], [16], 8, 16384, "vanilla", 343),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_every_released_first_stage_maps_onto_ours(name, registry):
+    kind, ch_mult, attn, z, n_embed, attn_type, tensors = RELEASED[name]
+    dd = {
+        "double_z": kind == "kl",
+        "z_channels": z,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 128,
+        "ch_mult": ch_mult,
+        "num_res_blocks": 2,
+        "attn_resolutions": attn,
+        "dropout": 0.0,
+        "attn_type": attn_type,
+    }
+    target = "ldm.models.autoencoder.AutoencoderKL" if kind == "kl" else "ldm.models.autoencoder.VQModel"
+    params = {"embed_dim": z, "ddconfig": dd, **({"n_embed": n_embed} if n_embed else {})}
+    spec = first_stage_config({"model": {"target": target, "params": params}}).model
+    with torch.device("meta"):
+        model = FirstStageSpec.model_validate(spec, context={"registry": registry}).build()
+    names = [name for pair in model.original_names() for name in pair.originals]
+    assert len(names) == len(set(names)) == tensors
+    assert model.latent_shape(model.params).factor == 2 ** (len(ch_mult) - 1)
