@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from core import FirstStageSpec, load_registry
+from core import DenoiserSpec, FirstStageSpec, load_registry
 from tasks.autoencoder.latent_space import load_latent_space
 from tasks.cli.catalog import context
-from tasks.importing.original_config import first_stage_config
+from tasks.importing.original_config import first_stage_config, unet_model
 from tasks.runs.spec import RunRef
 from tests.original_fixtures import fingerprint
 from tests.test_original_autoencoder import ORIGINAL, build, example_input, original_state
@@ -207,3 +207,110 @@ def test_every_released_first_stage_maps_onto_ours(name, registry):
     names = [name for pair in model.original_names() for name in pair.originals]
     assert len(names) == len(set(names)) == tensors
     assert model.latent_shape(model.params).factor == 2 ** (len(ch_mult) - 1)
+
+
+# Released UNets (their unet_config params at CompVis a506df5: the parts that shape them) and
+# the tensors the original UNetModel holds for each, counted by building it on the meta device
+# (all 13 released UNets were checked name for name and shape for shape that way).
+RELEASED_UNETS = {
+    "txt2img-1p4B": (
+        {
+            "in_channels": 4,
+            "out_channels": 4,
+            "model_channels": 320,
+            "attention_resolutions": [4, 2, 1],
+            "channel_mult": [1, 2, 4, 4],
+            "num_heads": 8,
+            "use_spatial_transformer": True,
+            "context_dim": 1280,
+        },
+        686,
+        872.3,
+    ),
+    "cin256-v2": (
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "model_channels": 192,
+            "attention_resolutions": [8, 4, 2],
+            "channel_mult": [1, 2, 3, 5],
+            "num_heads": 1,
+            "use_spatial_transformer": True,
+            "context_dim": 512,
+        },
+        688,
+        400.9,
+    ),
+    "inpainting_big": (
+        {
+            "in_channels": 7,
+            "out_channels": 3,
+            "model_channels": 256,
+            "attention_resolutions": [8, 4, 2],
+            "channel_mult": [1, 2, 3, 4],
+            "num_heads": 8,
+            "resblock_updown": True,
+        },
+        416,
+        387.2,
+    ),
+    "lsun_churches256": (
+        {
+            "in_channels": 4,
+            "out_channels": 4,
+            "model_channels": 192,
+            "attention_resolutions": [1, 2, 4, 8],
+            "channel_mult": [1, 2, 2, 4, 4],
+            "num_heads": 8,
+            "use_scale_shift_norm": True,
+            "resblock_updown": True,
+        },
+        520,
+        295.0,
+    ),
+    "semantic_synthesis256": (
+        {
+            "in_channels": 6,
+            "out_channels": 3,
+            "model_channels": 128,
+            "attention_resolutions": [32, 16, 8],
+            "channel_mult": [1, 4, 8],
+            "num_heads": 8,
+        },
+        216,
+        215.2,
+    ),
+    "bsr_sr": (
+        {
+            "in_channels": 6,
+            "out_channels": 3,
+            "model_channels": 160,
+            "attention_resolutions": [16, 8],
+            "channel_mult": [1, 2, 2, 4],
+            "num_head_channels": 32,
+        },
+        306,
+        113.6,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_UNETS))
+def test_every_kind_of_released_unet_maps_onto_ours(name, registry):
+    params, tensors, millions = RELEASED_UNETS[name]
+    section = {
+        "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+        "params": {"num_res_blocks": 2, **params},
+    }
+    spec = unet_model(section, "unet_config")
+    with torch.device("meta"):
+        model = DenoiserSpec.model_validate(spec, context={"registry": registry}).build()
+    names = [name for pair in model.original_names() for name in pair.originals]
+    assert len(names) == len(set(names)) == tensors
+    assert round(sum(t.numel() for t in model.parameters()) / 1e6, 1) == millions
+
+
+def test_unet_options_we_cannot_express_are_named():
+    section = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {"num_classes": 1000}}
+    with pytest.raises(ValueError, match="unet_config.params.num_classes is 1000; this code imports UNets with"):
+        unet_model(section, "unet_config")
