@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from core import Conditioning, Params
+from core.original import Pair
 from plugins.blocks import heads_divide_width
 from plugins.context import ContextConditioner
+from plugins.encoder_blocks import EncoderBlock, encoder_pairs
 
 EMPTY_SLOT = -1
 """The class of a row that holds no object (the padding of a fixed-size box tensor)."""
@@ -118,42 +119,6 @@ def layout_tokens(objects: Sequence[Sequence[float]], params: Layout.Params) -> 
     return tokens + [_corner_token(0.0, 0.0, grid), _corner_token(1.0, 1.0, grid)]
 
 
-class _Attention(nn.Module):
-    """Multi-head self-attention with separate query, key and value projections."""
-
-    def __init__(self, width: int, heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(width, width, bias=qkv_bias)
-        self.to_k = nn.Linear(width, width, bias=qkv_bias)
-        self.to_v = nn.Linear(width, width, bias=qkv_bias)
-        self.to_out = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = (
-            proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
-        )
-        # softmax(q k^T / sqrt(head width)) v, every token seeing every token.
-        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
-
-
-class _Block(nn.Module):
-    """x + attention(LayerNorm(x)), then x + feed-forward(LayerNorm(x))."""
-
-    def __init__(self, width: int, heads: int, ff_mult: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(width)
-        self.attention = _Attention(width, heads, qkv_bias)
-        self.feed_forward_norm = nn.LayerNorm(width)
-        self.feed_forward = nn.Sequential(
-            nn.Linear(width, ff_mult * width), nn.GELU(), nn.Linear(ff_mult * width, width)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.feed_forward_norm(x))
-
-
 class Layout(ContextConditioner):
     """Layout-to-image: labelled boxes -> tokens -> a pre-norm transformer; context (B, 3 * max_objects + 2, width).
 
@@ -195,6 +160,9 @@ class Layout(ContextConditioner):
         )
         layers: PositiveInt = Field(2, description="Transformer encoder layers (the original: 16).")
         heads: PositiveInt = Field(4, description="Attention heads; must divide width (the original: 8).")
+        head_width: PositiveInt | None = Field(
+            None, description="Channels per attention head; none: width / heads (the original: 64)."
+        )
         ff_mult: PositiveInt = Field(4, description="Feed-forward width as a multiple of width (the original: 4).")
         qkv_bias: bool = Field(
             False,
@@ -240,7 +208,10 @@ class Layout(ContextConditioner):
         self.tokens = nn.Embedding(p.vocab_size, p.width)
         nn.init.normal_(self.tokens.weight, std=0.02)
         self.positions = nn.Parameter(torch.randn(p.sequence_length, p.width) * 0.02)
-        self.blocks = nn.ModuleList(_Block(p.width, p.heads, p.ff_mult, p.qkv_bias) for _ in range(p.layers))
+        head_width = p.head_width or p.width // p.heads
+        self.blocks = nn.ModuleList(
+            EncoderBlock(p.width, p.heads, head_width, p.ff_mult, p.qkv_bias) for _ in range(p.layers)
+        )
         self.norm = nn.LayerNorm(p.width)
 
     def token_ids(self, y: Tensor | Sequence[Any]) -> Tensor:
@@ -254,6 +225,11 @@ class Layout(ContextConditioner):
         return torch.tensor(rows, dtype=torch.long, device=self.tokens.weight.device).view(
             -1, self.params.sequence_length
         )
+
+    def original_names(self) -> list[Pair]:
+        """The original ``BERTEmbedder``'s names (x-transformers, under ``transformer.``)."""
+        names = {"tokens": "tokens", "positions": "positions", "norm": "norm"}
+        return encoder_pairs("blocks", names, self.params.layers, self.params.qkv_bias)
 
     def encode(self, ids: Tensor) -> Tensor:
         """Token ids (B, L) -> context (B, L, width)."""

@@ -11,9 +11,10 @@ module's extra state), so a trained run samples with exactly the tokenizer it wa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -21,9 +22,57 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from core import Conditioning, Params
+from core.original import Pair
 from plugins.blocks import heads_divide_width
 from plugins.context import ContextConditioner
+from plugins.encoder_blocks import EncoderBlock, encoder_pairs
 from plugins.wordpiece import bert_uncased_vocab, encode, fit_wordpiece, fixed_length, load_tokenizer
+
+_TORCH_ENCODER = {
+    "self_attn.out_proj": "attention.to_out",
+    "linear1": "feed_forward.0",
+    "linear2": "feed_forward.2",
+    "norm1": "attention_norm",
+    "norm2": "feed_forward_norm",
+}
+
+
+def _rename_torch_encoder(state: dict[str, Tensor], prefix: str) -> None:
+    """Weights saved before text_bert had its own blocks (``nn.TransformerEncoder``'s names,
+    its fused in-projection) renamed in place to today's, so that those runs still load."""
+    old = f"{prefix}encoder.layers."
+    for key in [key for key in state if key.startswith(old)]:
+        index, name = key.removeprefix(old).split(".", 1)
+        new = f"{prefix}encoder.{index}."
+        value = state.pop(key)
+        if name.startswith("self_attn.in_proj_"):
+            leaf = name.removeprefix("self_attn.in_proj_")
+            for part, chunk in zip(("to_q", "to_k", "to_v"), value.chunk(3), strict=True):
+                state[f"{new}attention.{part}.{leaf}"] = chunk
+            continue
+        module, leaf = name.rsplit(".", 1)
+        state[f"{new}{_TORCH_ENCODER[module]}.{leaf}"] = value
+
+
+def _blocks(p: TextBert.Params) -> nn.ModuleList:
+    """The encoder blocks. In torch's layout (a bias on q, k, v; width / heads per head) they start
+    from the values ``nn.TransformerEncoder`` drew, with the same random draws, as text_bert's
+    encoder did before it had its own blocks, so seeded runs train as they did."""
+    head_width = p.head_width or p.width // p.heads
+    if not p.qkv_bias or head_width * p.heads != p.width:
+        return nn.ModuleList(
+            EncoderBlock(p.width, p.heads, head_width, p.ff_mult, p.qkv_bias, p.dropout) for _ in range(p.layers)
+        )
+    template = nn.TransformerEncoderLayer(
+        p.width, p.heads, p.ff_mult * p.width, p.dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    with torch.random.fork_rng(devices=[]):
+        block = EncoderBlock(p.width, p.heads, head_width, p.ff_mult, p.qkv_bias, p.dropout)
+    state = {f"encoder.layers.0.{key}": value for key, value in template.state_dict().items()}
+    _rename_torch_encoder(state, "")
+    block.load_state_dict({key.removeprefix("encoder.0."): value for key, value in state.items()})
+    # nn.TransformerEncoder copied one layer, so every block starts equal.
+    return nn.ModuleList(copy.deepcopy(block) for _ in range(p.layers))
 
 
 def _path_of(tokenizer: str | Path) -> Path:
@@ -32,7 +81,7 @@ def _path_of(tokenizer: str | Path) -> Path:
 
 class TextBert(ContextConditioner):
     """BERT-style text encoder: WordPiece tokens, learned positions, a pre-norm transformer
-    encoder with a padding mask; context (B, max_length, width)."""
+    encoder (by default with a padding mask); context (B, max_length, width)."""
 
     class Params(Params):
         tokenizer: Literal["fit", "bert-uncased"] | Path = Field(
@@ -53,6 +102,19 @@ class TextBert(ContextConditioner):
         heads: PositiveInt = Field(4, description="Attention heads; must divide width.")
         ff_mult: PositiveInt = Field(4, description="Feed-forward width as a multiple of width.")
         dropout: float = Field(0.0, ge=0, lt=1)
+        head_width: PositiveInt | None = Field(
+            None, description="Channels per attention head; none: width / heads (the original: 64 at any width)."
+        )
+        qkv_bias: bool = Field(True, description="Biases on the attention's query, key and value (the original: no).")
+        padding_mask: bool = Field(
+            True, description="Keep attention off the padding tokens (the original attends to them too)."
+        )
+        null: Literal["learned", "empty_caption"] = Field(
+            "learned",
+            description=(
+                'The "no condition" output: learned tokens, or the encoding of the empty caption (the original\'s).'
+            ),
+        )
         field: str = Field("caption", description="The example field holding the caption.")
 
         @field_validator("tokenizer")
@@ -82,13 +144,10 @@ class TextBert(ContextConditioner):
         p = params
         self.tokens = nn.Embedding(p.vocab_size, p.width)
         self.positions = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            p.width, p.heads, p.ff_mult * p.width, p.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        # No nested-tensor fast path: it would zero padded positions in eval mode only.
-        self.encoder = nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
+        self.encoder = _blocks(p)
         self.norm = nn.LayerNorm(p.width)
-        self.null = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
+        if p.null == "learned":
+            self.null = nn.Parameter(torch.randn(p.max_length, p.width) * 0.02)
         if p.tokenizer == "fit":
             self._use(fit_wordpiece([], p.vocab_size))  # only the special tokens until fit()
         else:
@@ -123,8 +182,20 @@ class TextBert(ContextConditioner):
         """Captions (a list of B strings) -> context (B, max_length, width)."""
         ids, mask = self.token_ids(y)
         x = self.tokens(ids) + self.positions
-        return Conditioning(context=self.norm(self.encoder(x, src_key_padding_mask=~mask)))
+        for block in self.encoder:
+            x = block(x, mask if self.params.padding_mask else None)
+        return Conditioning(context=self.norm(x))
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
-        """Learned "no caption" tokens, repeated over the batch of ``cond``."""
-        return Conditioning(context=self.null.to(cond.context.dtype).expand(cond.batch_size, -1, -1))
+        """Learned "no caption" tokens, or the empty caption's encoding, repeated over the batch of ``cond``."""
+        null = self.null if self.params.null == "learned" else self([""]).context[0]
+        return Conditioning(context=null.to(cond.context.dtype).expand(cond.batch_size, -1, -1))
+
+    def original_names(self) -> list[Pair]:
+        """The original ``BERTEmbedder``'s names (x-transformers, under ``transformer.``)."""
+        names = {"tokens": "tokens", "positions": "positions", "norm": "norm"}
+        return encoder_pairs("encoder", names, self.params.layers, self.params.qkv_bias)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        _rename_torch_encoder(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
