@@ -10,6 +10,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
+from core.original import Pair
 
 
 class ClassLabel(Conditioner):
@@ -17,6 +18,13 @@ class ClassLabel(Conditioner):
 
     class Params(Params):
         num_classes: PositiveInt = Field(description="Number of real classes; index num_classes is the null class.")
+        null_class: bool = Field(
+            True,
+            description=(
+                "A learned 'no class' row at index num_classes, for guidance and condition dropout (the original "
+                "cin256 has none: train it with drop_rate 0 and sample it with guidance 1)."
+            ),
+        )
         dim: PositiveInt = Field(512, description="Embedding width.")
         output: Literal["context", "vector"] = Field(
             "context", description="A one-token cross-attention context (the paper's way) or a vector."
@@ -25,7 +33,7 @@ class ClassLabel(Conditioner):
 
     def __init__(self, params: ClassLabel.Params) -> None:
         super().__init__(params)
-        self.embedding = nn.Embedding(params.num_classes + 1, params.dim)
+        self.embedding = nn.Embedding(params.num_classes + params.null_class, params.dim)
 
     @classmethod
     def reads(cls, params: ClassLabel.Params) -> str:
@@ -34,6 +42,10 @@ class ClassLabel(Conditioner):
     @classmethod
     def produces(cls, params: ClassLabel.Params) -> ConditioningShape:
         return ConditioningShape(**{params.output: params.dim})
+
+    def original_names(self) -> list[Pair]:
+        """The original ``ClassEmbedder``'s name (its rows: the classes, then cin256-v2's null class 1000)."""
+        return [Pair("embedding.weight", ("embedding.weight",))]
 
     def _wrap(self, embedding: Tensor) -> Conditioning:
         if self.params.output == "context":
@@ -55,5 +67,9 @@ class ClassLabel(Conditioner):
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """The learned null-class embedding, repeated over the batch of ``cond``."""
+        if not self.params.null_class:
+            raise ValueError(
+                "class_label has no null class (null_class is false); train with drop_rate 0 and sample with guidance 1"
+            )
         null = self.embedding.weight[self.params.num_classes]
         return self._wrap(null.expand(cond.batch_size, -1))

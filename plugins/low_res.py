@@ -40,16 +40,21 @@ class LowRes(ConcatConditioner):
         factor: PositiveInt = Field(4, description="The first stage's f: the output is the image's size / f.")
         max_noise: NonNegativeFloat = Field(0.2, description="Training draws the noise level from [0, max_noise].")
         sample_noise: NonNegativeFloat = Field(0.0, description="The noise level when sampling (eval mode).")
-        vector_dim: PositiveInt = Field(64, description="Width of the noise level's vector condition.")
+        vector_dim: PositiveInt | None = Field(
+            64,
+            description=(
+                "Width of the noise level's vector condition; none: no vector (with no noise, the image is "
+                "concatenated as it is, as the original bsr_sr model takes it)."
+            ),
+        )
         field: str = Field("lowres", description="The example field holding the low-res image.")
 
     def __init__(self, params: LowRes.Params) -> None:
         super().__init__(params)
-        self.level = nn.Sequential(
-            nn.Linear(params.vector_dim, params.vector_dim), nn.SiLU(), nn.Linear(params.vector_dim, params.vector_dim)
-        )
+        d = params.vector_dim
+        self.level = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d)) if d else None
         self.null_map = nn.Parameter(torch.zeros(params.image_channels))
-        self.null_vector = nn.Parameter(torch.zeros(params.vector_dim))
+        self.null_vector = nn.Parameter(torch.zeros(d)) if d else None
 
     @classmethod
     def produces(cls, params: LowRes.Params) -> ConditioningShape:
@@ -74,11 +79,11 @@ class LowRes(ConcatConditioner):
             level = torch.full((len(y),), p.sample_noise, device=y.device)
             noise = torch.stack([torch.randn(y.shape[1:], generator=torch.Generator().manual_seed(0)) for _ in y]).to(y)
         y = y + level[:, None, None, None].to(y.dtype) * noise
+        if self.level is None:
+            return Conditioning(concat=y)
         return Conditioning(concat=y, vector=self.level(_embed(level, p.vector_dim).to(y.dtype)))
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """Learned "no image" values: one per channel and one vector, repeated to ``cond``'s shapes."""
-        return Conditioning(
-            concat=self.null_map[None, :, None, None].expand_as(cond.concat),
-            vector=self.null_vector.expand_as(cond.vector),
-        )
+        vector = self.null_vector.expand_as(cond.vector) if self.null_vector is not None else None
+        return Conditioning(concat=self.null_map[None, :, None, None].expand_as(cond.concat), vector=vector)

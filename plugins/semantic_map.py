@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from core import Conditioning, ConditioningShape, Params
+from core.original import Pair, module_pairs
 from plugins.concat import ConcatConditioner
 
 
@@ -30,9 +31,14 @@ class SemanticMap(ConcatConditioner):
         factor: PositiveInt = Field(
             4, description="The first stage's f: the output is the map's size / factor (a power of 2)."
         )
-        method: Literal["conv", "interpolate"] = Field(
-            "conv", description="Strided 3x3 convolutions, or area interpolation then a 1x1 convolution."
+        method: Literal["conv", "interpolate", "bilinear"] = Field(
+            "conv",
+            description=(
+                "Strided 3x3 convolutions; area interpolation then a 1x1 convolution; or bilinear halvings then a 1x1 "
+                "convolution (the original's SpatialRescaler)."
+            ),
         )
+        bias: bool = Field(True, description="A bias on the 1x1 convolution (the original's has none).")
         context_dim: PositiveInt | None = Field(
             None, description="Also give one cross-attention token per position, this wide."
         )
@@ -49,8 +55,8 @@ class SemanticMap(ConcatConditioner):
     def __init__(self, params: SemanticMap.Params) -> None:
         super().__init__(params)
         p = params
-        if p.method == "interpolate":
-            self.rescale = nn.Conv2d(p.num_classes, p.channels, 1)
+        if p.method != "conv":
+            self.rescale = nn.Conv2d(p.num_classes, p.channels, 1, bias=p.bias)
         else:
             stages = int(math.log2(p.factor))
             layers: list[nn.Module] = [nn.Conv2d(p.num_classes, p.channels, 3, padding=1)]
@@ -85,9 +91,18 @@ class SemanticMap(ConcatConditioner):
         onehot = rearrange(F.one_hot(y.long(), k), "b h w k -> b k h w").to(self.null_map.dtype)
         if self.params.method == "interpolate":
             onehot = F.interpolate(onehot, scale_factor=1 / self.params.factor, mode="area")
+        elif self.params.method == "bilinear":
+            for _ in range(int(math.log2(self.params.factor))):
+                onehot = F.interpolate(onehot, scale_factor=0.5, mode="bilinear")
         concat = self.rescale(onehot)
         context = self.tokens(rearrange(concat, "b c h w -> b (h w) c")) if self.tokens is not None else None
         return Conditioning(concat=concat, context=context)
+
+    def original_names(self) -> list[Pair]:
+        """The original ``SpatialRescaler``'s names (its method bilinear, no bias; none for the others)."""
+        if self.params.method != "bilinear":
+            return []
+        return list(module_pairs("rescale", "channel_mapper", (("", ""),), bias=self.params.bias))
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """Learned "no map" values: one vector per channel, one token, repeated to ``cond``'s shapes."""
