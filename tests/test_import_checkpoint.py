@@ -12,7 +12,8 @@ import yaml
 from core import DenoiserSpec, FirstStageSpec, load_registry
 from tasks.autoencoder.latent_space import load_latent_space
 from tasks.cli.catalog import context
-from tasks.importing.original_config import first_stage_config, unet_model
+from tasks.importing.original_config import first_stage_config
+from tasks.importing.original_ldm import unet_model
 from tasks.runs.spec import RunRef
 from tests.original_fixtures import fingerprint
 from tests.test_original_autoencoder import ORIGINAL, build, example_input, original_state

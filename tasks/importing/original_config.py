@@ -9,7 +9,6 @@ components cannot express, is a :class:`ConfigError` naming it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,6 @@ FIRST_STAGE_TARGETS = {
     "ldm.models.autoencoder.VQModelInterface": "vq",
 }
 LDM_TARGETS = ("ldm.models.diffusion.ddpm.LatentDiffusion",)
-UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
-_UNET_FIXED = {"dims": 2, "conv_resample": True, "use_new_attention_order": False, "num_classes": None}
-"""UNet options every released model has as here; another value is refused, naming it."""
 
 
 class ConfigError(ValueError):
@@ -52,7 +48,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _target(section: Mapping[str, Any], where: str) -> str:
+def target_of(section: Mapping[str, Any], where: str) -> str:
     target = section.get("target")
     if not isinstance(target, str):
         raise ConfigError(f"{where}.target is missing; an original config names each model's class there")
@@ -74,7 +70,7 @@ def _attention_levels(dd: Mapping[str, Any], levels: int, where: str) -> list[in
 
 def first_stage_model(section: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Our ``autoencoder`` spec (name and params) for the original first stage ``section``."""
-    target = _target(section, where)
+    target = target_of(section, where)
     if target not in FIRST_STAGE_TARGETS:
         known = ", ".join(FIRST_STAGE_TARGETS)
         raise ConfigError(f"{where}.target {target!r} is not a first stage this code can import ({known})")
@@ -118,7 +114,7 @@ def first_stage_model(section: Mapping[str, Any], where: str) -> dict[str, Any]:
 def first_stage_config(config: Mapping[str, Any]) -> FirstStageConfig:
     """The first stage of an original config: the model itself, or an LDM's ``first_stage_config``."""
     model = config["model"]
-    target = _target(model, "model")
+    target = target_of(model, "model")
     if target in LDM_TARGETS:
         section = model.get("params", {}).get("first_stage_config")
         if not isinstance(section, dict):
@@ -131,50 +127,6 @@ def scale_factor(config: Mapping[str, Any]) -> float | None:
     """The latent scale an LDM config gives (the original multiplies latents by it); ``None`` if
     it gives none (a first stage's config, or an LDM that estimates it: ``scale_by_std``)."""
     params = config["model"].get("params", {})
-    if _target(config["model"], "model") not in LDM_TARGETS or params.get("scale_by_std"):
+    if target_of(config["model"], "model") not in LDM_TARGETS or params.get("scale_by_std"):
         return None
     return float(params.get("scale_factor", 1.0))
-
-
-def _unet_levels(params: Mapping[str, Any], where: str) -> list[int]:
-    # Attention is asked by downsampling factor (1, 2, 4...); a factor no level has is
-    # skipped, as the original skips it (its semantic-synthesis models attend in the middle only).
-    levels = len(params["channel_mult"])
-    return sorted(
-        {int(math.log2(ds)) for ds in params.get("attention_resolutions", []) if ds in (2**i for i in range(levels))}
-    )
-
-
-def unet_model(section: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Our ``unet`` spec (name and params) for the original ``UNetModel`` ``section``."""
-    target = _target(section, where)
-    if target != UNET_TARGET:
-        raise ConfigError(f"{where}.target {target!r} is not a denoiser this code can import ({UNET_TARGET})")
-    params = section.get("params", {})
-    for key, value in _UNET_FIXED.items():
-        if params.get(key, value) != value:
-            raise ConfigError(f"{where}.params.{key} is {params[key]!r}; this code imports UNets with {key} {value!r}")
-    transformer = bool(params.get("use_spatial_transformer", False))
-    heads = params.get("num_head_channels", -1)
-    return {
-        "name": "unet",
-        "params": {
-            "in_channels": int(params["in_channels"]),
-            "out_channels": int(params["out_channels"]),
-            "context_dim": int(params["context_dim"]) if transformer else None,
-            "model_channels": int(params["model_channels"]),
-            "channel_mult": [int(m) for m in params["channel_mult"]],
-            "num_res_blocks": int(params["num_res_blocks"]),
-            "attention_levels": _unet_levels(params, where),
-            "mid_attention": True,
-            "attention": "transformer" if transformer else "self",
-            "attention_norm_eps": 1e-6 if transformer else 1e-5,
-            **({"head_channels": int(heads)} if heads != -1 else {"num_heads": int(params.get("num_heads", -1))}),
-            "transformer_depth": int(params.get("transformer_depth", 1)),
-            "dropout": float(params.get("dropout", 0.0)),
-            "scale_shift_norm": bool(params.get("use_scale_shift_norm", False)),
-            "resblock_updown": bool(params.get("resblock_updown", False)),
-            "norm_groups": 32,
-            "gradient_checkpointing": bool(params.get("use_checkpoint", False)),
-        },
-    }
