@@ -90,7 +90,8 @@ def test_an_imported_first_stage_computes_what_the_original_does(cli, tmp_path, 
 
 
 def test_an_ldm_checkpoint_gives_its_first_stage_and_scale_factor(cli, tmp_path):
-    code, out, err = import_run(cli, tmp_path, write_original(tmp_path, "kl", within_ldm=True))
+    spec = {**write_original(tmp_path, "kl", within_ldm=True), "take": "first_stage"}
+    code, out, err = import_run(cli, tmp_path, spec)
     assert code == 0, err
     ctx = context(load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"}), tmp_path / "runs")
     space = load_latent_space(RunRef(run="imported-kl"), ctx, "first_stage")

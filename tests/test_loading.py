@@ -123,10 +123,10 @@ def test_plugin_api_version_check():
     core.require_plugin_api("1.2")  # Conditioner.fit
     core.require_plugin_api("1.3")  # Conditioner.trainable_by_default
     core.require_plugin_api("1.4")  # ConditioningShape.mismatches
-    core.require_plugin_api("1.5")  # FirstStage.mode, Conditioner.use_first_stage
+    core.require_plugin_api("1.6")  # Component.original_names
     with pytest.raises(core.PluginAPIError, match="needs ldm plugin API 1.9"):
         core.require_plugin_api("1.9")
-    with pytest.raises(core.PluginAPIError, match="offers 1.5"):
+    with pytest.raises(core.PluginAPIError, match="offers 1.6"):
         core.require_plugin_api("2.0")
     with pytest.raises(ValueError, match="major.minor"):
         core.require_plugin_api("one")

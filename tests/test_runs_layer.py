@@ -84,7 +84,10 @@ def test_a_run_of_the_wrong_task_is_refused_naming_both(cli, runs, tmp_path):
     spec = {"task": "sample", "name": "s", "model": {"run": "old-ae"}, "conditions": {"label": [1]}}
     code, _, err = cli(write(tmp_path / "s.json", spec))
     assert code == 2
-    assert "model.run: 'old-ae' is a train_autoencoder run; give a train_ldm run" in err
+    assert (
+        "model.run: 'old-ae' is a train_autoencoder run, which holds no latent diffusion model; give a train_ldm or "
+        "import_checkpoint run" in err
+    )
     assert not (runs / "s").exists()
 
 

@@ -34,7 +34,13 @@ def test_a_valid_spec_gets_every_default_and_builds(registry):
     assert component.entry.origin.distribution == "ldm-framework"
     assert type(component.build()).__name__ == "ClassLabel"
     dumped = json.loads(spec.model_dump_json())
-    assert dumped["conditioners"][0]["params"] == {"num_classes": 10, "dim": 8, "output": "context", "field": "label"}
+    assert dumped["conditioners"][0]["params"] == {
+        "num_classes": 10,
+        "null_class": True,
+        "dim": 8,
+        "output": "context",
+        "field": "label",
+    }
     assert validate(registry, dumped) == spec, "the resolved spec must validate to the same spec"
 
 

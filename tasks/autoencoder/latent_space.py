@@ -15,16 +15,13 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from core import FirstStage, LatentShape, UserError
-from tasks.autoencoder.spec import LatentStatsSpec, TrainAutoencoderSpec
-from tasks.importing.spec import ImportCheckpointSpec
+from tasks.autoencoder.spec import LatentStatsSpec
 from tasks.runs.context import RunContext
-from tasks.runs.spec import RunRef
-from tasks.runs.trained import Trained, load_trained, spec_of
+from tasks.runs.spec import RunRef, TaskSpec
+from tasks.runs.trained import Trained, holding, load_trained, run_spec
 
 STATS_FILE = "latent_stats.safetensors"
 """What a ``latent_stats`` run writes: ``mean`` and ``std`` (c,)."""
-FIRST_STAGE_RUNS = (TrainAutoencoderSpec, ImportCheckpointSpec)
-"""The runs that hold a first stage (saved as ``first_stage``) and its latent statistics."""
 
 
 class LatentSpace(nn.Module):
@@ -62,16 +59,24 @@ class LatentSpace(nn.Module):
         return self.first_stage.decode(latents * self.std + self.mean).clamp(-1, 1)
 
 
+def _latent_space_spec(ref: RunRef, ctx: RunContext, field: str) -> TaskSpec:
+    """A ``latent_stats`` run's spec, or that of a run holding a first stage (its spec's ``model``)."""
+    spec = run_spec(ref, ctx, field)
+    if isinstance(spec, LatentStatsSpec):
+        return spec
+    return holding(ref, ctx, field, "first_stage")
+
+
 def latent_shape_of(ref: RunRef, ctx: RunContext, field: str) -> LatentShape:
     """What the first stage of a latent-space run declares, from its spec alone (no weights)."""
-    spec = spec_of(ref, ctx, field, *FIRST_STAGE_RUNS, LatentStatsSpec)
+    spec = _latent_space_spec(ref, ctx, field)
     if isinstance(spec, LatentStatsSpec):
         return latent_shape_of(spec.first_stage, ctx, f"{field} (its first_stage)")
     return spec.model.cls.latent_shape(spec.model.params)
 
 
-def _first_stage(ref: RunRef, ctx: RunContext, field: str) -> Trained[TrainAutoencoderSpec | ImportCheckpointSpec]:
-    return load_trained(ref, ctx, field, FIRST_STAGE_RUNS, "first_stage")
+def _first_stage(ref: RunRef, ctx: RunContext, field: str) -> Trained:
+    return load_trained(ref, ctx, field, None, "first_stage")
 
 
 def load_latent_space(ref: RunRef, ctx: RunContext, field: str) -> LatentSpace:
@@ -80,7 +85,7 @@ def load_latent_space(ref: RunRef, ctx: RunContext, field: str) -> LatentSpace:
     A :class:`UserError` if the run holds no first stage or no statistics (a training stopped
     before ``max_steps``: finish it, or estimate them with a ``latent_stats`` run).
     """
-    spec = spec_of(ref, ctx, field, *FIRST_STAGE_RUNS, LatentStatsSpec)
+    spec = _latent_space_spec(ref, ctx, field)
     if isinstance(spec, LatentStatsSpec):
         trained = _first_stage(spec.first_stage, ctx, f"{field} (its first_stage)")
         stats_file = ctx.runs_dir / ref.run / STATS_FILE

@@ -13,7 +13,7 @@ import json
 
 from safetensors.torch import save_file
 
-from tasks.autoencoder.latent_space import FIRST_STAGE_RUNS, STATS_FILE
+from tasks.autoencoder.latent_space import STATS_FILE
 from tasks.autoencoder.spec import LatentStatsSpec
 from tasks.autoencoder.statistics import latent_statistics
 from tasks.engine.fabric import make_fabric
@@ -27,7 +27,7 @@ def run(spec: LatentStatsSpec, ctx: RunContext) -> None:
     """Encode every example of ``data`` (shared among the processes) and write the statistics."""
     checked = OneShotRun.check(spec, ctx)
     spec = checked.spec
-    trained = load_trained(spec.first_stage, ctx, "first_stage", FIRST_STAGE_RUNS, "first_stage")
+    trained = load_trained(spec.first_stage, ctx, "first_stage", None, "first_stage")
     dataset = spec.data.build()
     fabric = make_fabric(spec.runtime)
     fabric.launch()

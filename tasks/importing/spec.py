@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PositiveFloat, ValidationError
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 from torch import nn
 
-from core import FirstStageSpec, UserError
+from core import DenoiserSpec, FirstStageSpec, UserError
+from core.interfaces import LatentShape
 from tasks.importing.original_config import ConfigError, first_stage_config, read_config
+from tasks.importing.original_ldm import ldm_config
+from tasks.ldm.model import ConditionerUse, LatentDiffusion, fill_denoiser
+from tasks.ldm.specs import DiffusionSpec, SamplingSpec
 from tasks.runs.context import RunContext
-from tasks.runs.spec import TaskSpec
+from tasks.runs.spec import RunRef, TaskSpec
 
 
 class ImportCheckpointSpec(TaskSpec):
     """Weights released with the original CompVis code, as a run of ours.
 
-    Today it takes the first stage (from a first stage's own checkpoint, or from an LDM's):
-    its run is then a latent space, to name as a ``train_ldm``'s ``first_stage``. ``model``
-    is filled from ``original_config``: leave it out.
+    A first stage's checkpoint gives a run that is a latent space (a ``train_ldm``'s
+    ``first_stage``); an LDM's gives a run that ``sample``, ``tasks.api.load`` and
+    ``train.init_from`` take like a ``train_ldm`` run, its first stage inside it. Everything
+    after ``take`` is filled from ``original_config``: leave it out.
     """
 
     task: Literal["import_checkpoint"]
@@ -28,6 +33,12 @@ class ImportCheckpointSpec(TaskSpec):
         description="The checkpoint: a .ckpt / .pt / .pth that PyTorch or Lightning wrote, or a .safetensors file."
     )
     original_config: Path = Field(description="The original YAML config released with the checkpoint.")
+    weights: Literal["ema", "raw"] = Field(
+        "ema", description="An LDM's UNet weights: its EMA (model_ema.*, what the original samples with) or raw ones."
+    )
+    take: Literal["all", "first_stage"] = Field(
+        "all", description="From an LDM's checkpoint: everything, or only its first stage."
+    )
     scale_factor: PositiveFloat | None = Field(
         None,
         description=(
@@ -36,11 +47,34 @@ class ImportCheckpointSpec(TaskSpec):
             "with a latent_stats run)."
         ),
     )
-    model: FirstStageSpec | None = Field(None, description="Our first stage, filled from original_config.")
+    model: FirstStageSpec | None = Field(None, description="The first stage, filled from original_config.")
+    denoiser: DenoiserSpec | None = Field(None, description="An LDM's denoiser, filled from original_config.")
+    conditioners: list[ConditionerUse] = Field([], description="An LDM's conditioners, filled from original_config.")
+    diffusion: DiffusionSpec | None = Field(None, description="An LDM's forward process, filled from original_config.")
+    sampling: SamplingSpec = Field(
+        default_factory=lambda: {"sampler": {"name": "ddim"}, "steps": 50},
+        validate_default=True,
+        description="Default sampling settings (the original scripts': DDIM, 50 steps).",
+    )
+    image_side: PositiveInt | None = Field(None, description="An LDM's image side in pixels, from original_config.")
+
+    @property
+    def first_stage(self) -> RunRef:
+        """The latent space an imported LDM samples in: this run's own first stage."""
+        return RunRef(run=self.name)
+
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the images an imported LDM makes."""
+        return (self.image_side, self.image_side) if self.image_side else None
 
     def trained_components(self) -> dict[str, Callable[[], nn.Module]]:
-        """The first stage, saved as ``first_stage``."""
-        return {"first_stage": self.model.build}
+        """The first stage, saved as ``first_stage``, and an LDM's denoiser and conditioners as ``ldm``."""
+        ldm = {"ldm": self.build} if self.denoiser is not None else {}
+        return {"first_stage": self.model.build, **ldm}
+
+    def build(self) -> LatentDiffusion:
+        """A fresh denoiser and conditioners as the original config describes them."""
+        return LatentDiffusion(self.denoiser.build(), [c.build() for c in self.conditioners], self.conditioners)
 
 
 def _existing(path: Path, field: str, what: str) -> Path:
@@ -49,18 +83,39 @@ def _existing(path: Path, field: str, what: str) -> Path:
     return path
 
 
+def _validated(spec_type: Any, value: Any, ctx: RunContext, path: Path, what: str) -> Any:
+    try:
+        return spec_type.model_validate(value, context={"registry": ctx.registry})
+    except ValidationError as exc:
+        raise UserError(f"original_config: {path} describes {what} ours cannot build ({exc})") from None
+
+
+def _ldm_parts(config: dict[str, Any], first: FirstStageSpec, ctx: RunContext, path: Path) -> dict[str, Any]:
+    ldm = ldm_config(config, first.model_dump(mode="json"))
+    uses = [
+        _validated(ConditionerUse, {**use, "drop_rate": 0.0}, ctx, path, "a conditioner") for use in ldm.conditioners
+    ]
+    denoiser = _validated(DenoiserSpec, ldm.denoiser, ctx, path, "a denoiser")
+    latent: LatentShape = first.cls.latent_shape(first.params)
+    return {
+        "denoiser": fill_denoiser(denoiser, latent, uses, {"registry": ctx.registry}),
+        "conditioners": uses,
+        "diffusion": DiffusionSpec(**ldm.diffusion),
+        "image_side": ldm.image_size,
+    }
+
+
 def resolve_import(spec: ImportCheckpointSpec, ctx: RunContext) -> ImportCheckpointSpec:
-    """``spec`` with ``model`` filled from the original config; a missing file, a config this
+    """``spec`` with the models filled from the original config; a missing file, a config this
     code cannot express or a model our components refuse is a :class:`UserError`."""
     _existing(spec.checkpoint, "checkpoint", "the checkpoint file")
     path = _existing(spec.original_config, "original_config", "the original YAML config")
     try:
-        model = first_stage_config(read_config(path)).model
+        config = read_config(path)
+        found = first_stage_config(config)
+        first = _validated(FirstStageSpec, found.model, ctx, path, "a first stage")
+        ldm = _ldm_parts(config, first, ctx, path) if found.prefix and spec.take == "all" else {}
     except (ConfigError, KeyError) as exc:
         reason = f"has no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UserError(f"original_config: {path} {reason}") from None
-    try:
-        built = FirstStageSpec.model_validate(model, context={"registry": ctx.registry})
-    except ValidationError as exc:
-        raise UserError(f"original_config: {path} describes a first stage ours cannot build ({exc})") from None
-    return spec.model_copy(update={"model": built})
+    return spec.model_copy(update={"model": first, **ldm})

@@ -1,20 +1,23 @@
 """Task ``import_checkpoint``: weights released with the original CompVis code become a run.
 
 The checkpoint's tensors are read without unpickling anything but tensors
-(:mod:`tasks.importing.pickled`), renamed with the component's ``original_names()`` and
-checked both ways: every tensor the model needs must be in the checkpoint, and every tensor
-of the checkpoint's part must be used (a checkpoint and a config that disagree are refused,
-naming the first tensors that differ). The run holds our usual checkpoint: the weights (as
-raw and as EMA weights: first stages have no EMA) and the latent statistics the original
-scale factor stands for (mean 0, std 1 / scale_factor).
+(:mod:`tasks.importing.pickled`), renamed with each component's ``original_names()`` and
+checked both ways: every tensor a model needs must be in its part of the checkpoint
+(``first_stage_model.``, ``model.diffusion_model.`` or its EMA ``model_ema.``,
+``cond_stage_model.``), and every tensor of that part must be used, so a checkpoint and a
+config that disagree are refused, naming the first tensors that differ; an LDM's stored
+noise schedule must be the config's. The run holds our usual checkpoint: the first stage,
+an LDM's denoiser and conditioners, and the latent statistics the original scale factor
+stands for (mean 0, std 1 / scale_factor).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from core import UserError, original
 from tasks.importing.original_config import first_stage_config, read_config, scale_factor
@@ -24,8 +27,9 @@ from tasks.runs.checkpoint import Checkpoints, TrainingState
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
 
-TRAINING_ONLY = ("loss.",)
-"""Parts of an original first stage's checkpoint that only its training used (LPIPS, discriminator)."""
+UNUSED = ("loss.", "transformer.to_logits.")
+"""Tensors of an original checkpoint's parts that no forward pass uses: a first stage's
+training losses (LPIPS, discriminator) and the BERT encoder's unused output projection."""
 
 
 def _part(tensors: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict[str, Tensor]:
@@ -35,10 +39,10 @@ def _part(tensors: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -
             f"checkpoint: {spec.checkpoint} has no tensors under {prefix!r}; give the checkpoint released with "
             f"{spec.original_config}"
         )
-    return {key: value for key, value in part.items() if not key.startswith(TRAINING_ONLY)}
+    return {key: value for key, value in part.items() if not key.startswith(UNUSED)}
 
 
-def _converted(model: torch.nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec):
+def _converted(model: nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict:
     try:
         weights = original.from_original(model, part)
     except KeyError as exc:
@@ -59,6 +63,56 @@ def _converted(model: torch.nn.Module, part: dict[str, Tensor], prefix: str, spe
     return weights
 
 
+def _ema_part(names: list[str], tensors: dict[str, Tensor], spec: ImportCheckpointSpec) -> dict[str, Tensor]:
+    # The original's EMA buffer of a UNet weight is its name under the diffusion wrapper with
+    # every dot removed; built forwards from the names, since removing dots cannot be undone.
+    keys = {name: "model_ema." + f"diffusion_model.{name}".replace(".", "") for name in names}
+    if len(set(keys.values())) != len(keys):
+        raise UserError(f"checkpoint: {spec.checkpoint}: two UNet weights share an EMA name; import weights 'raw'")
+    if not any(key.startswith("model_ema.") for key in tensors):
+        raise UserError(
+            f"checkpoint: {spec.checkpoint} has no EMA weights (model_ema.*; the model was trained without EMA); "
+            "set weights to 'raw'"
+        )
+    missing = [key for key in keys.values() if key not in tensors]
+    if missing:
+        raise UserError(
+            f"checkpoint: {spec.checkpoint} has no {missing[0]}, the EMA of a UNet weight; set weights 'raw'"
+        )
+    return {name: tensors[key] for name, key in keys.items()}
+
+
+def _check_schedule(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> None:
+    stored = tensors.get("betas")
+    if stored is None:
+        return
+    ours = spec.diffusion.noise_schedule().betas.float()
+    if stored.shape != ours.shape or not torch.allclose(stored.float(), ours, rtol=1e-4, atol=1e-7):
+        d = spec.diffusion
+        raise UserError(
+            f"checkpoint: {spec.checkpoint} was trained with another noise schedule than {spec.original_config} gives "
+            f"({d.schedule}, {d.timesteps} steps, beta {d.beta_start} to {d.beta_end}); give the config released "
+            "with this checkpoint"
+        )
+
+
+def _ldm_weights(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``ldm`` model's state dict (denoiser, then each conditioner) from the checkpoint."""
+    ldm = spec.build()
+    if spec.weights == "ema":
+        names = [name for pair in ldm.denoiser.original_names() for name in pair.originals]
+        unet, prefix = _ema_part(names, tensors, spec), "model_ema."
+    else:
+        unet, prefix = _part(tensors, "model.diffusion_model.", spec), "model.diffusion_model."
+    state = {f"denoiser.{key}": value for key, value in _converted(ldm.denoiser, unet, prefix, spec).items()}
+    for i, module in enumerate(ldm.conditioners):
+        weights = module.state_dict()
+        if module.original_names():
+            weights = _converted(module, _part(tensors, "cond_stage_model.", spec), "cond_stage_model.", spec)
+        state.update({f"conditioners.{i}.{key}": value for key, value in weights.items()})
+    return state
+
+
 def _scale(spec: ImportCheckpointSpec, config: dict, tensors: dict[str, Tensor]) -> float:
     if spec.scale_factor is not None:
         return spec.scale_factor
@@ -69,24 +123,28 @@ def _scale(spec: ImportCheckpointSpec, config: dict, tensors: dict[str, Tensor])
     return float(stored) if stored is not None else 1.0
 
 
+def _read(path: Path) -> dict[str, Tensor]:
+    try:
+        return read_checkpoint(path)
+    except ValueError as exc:
+        raise UserError(f"checkpoint: {exc}") from None
+
+
 def run(spec: ImportCheckpointSpec, ctx: RunContext) -> None:
-    """Fill the model from the config; read, convert and check the weights; then write the run."""
+    """Fill the models from the config; read, convert and check the weights; then write the run."""
     checked = OneShotRun.check(resolve_import(spec, ctx), ctx)
     spec = checked.spec
     config = read_config(spec.original_config)
     first = first_stage_config(config)
-    try:
-        tensors = read_checkpoint(spec.checkpoint)
-    except ValueError as exc:
-        raise UserError(f"checkpoint: {exc}") from None
-    model = spec.model.build()
-    weights = _converted(model, _part(tensors, first.prefix, spec), first.prefix, spec)
-    model.load_state_dict(weights)
+    tensors = _read(spec.checkpoint)
+    models = {"first_stage": _converted(spec.model.build(), _part(tensors, first.prefix, spec), first.prefix, spec)}
+    if spec.denoiser is not None:
+        _check_schedule(spec, tensors)
+        models["ldm"] = _ldm_weights(spec, tensors)
     channels = spec.model.cls.latent_shape(spec.model.params).channels
     scale = _scale(spec, config, tensors)
     extra = {"latent_mean": torch.zeros(channels), "latent_std": torch.full((channels,), 1.0 / scale)}
     root = checked.open(ctx, [spec.checkpoint])
-    state = TrainingState(step=0, data_position=0, models={"first_stage": weights}, extra=extra)
-    Checkpoints(root / "checkpoints", keep=1).save(state)
-    summary = {"first_stage": spec.model.name, "tensors": len(weights), "scale_factor": scale}
-    print(json.dumps(summary), file=ctx.out)
+    Checkpoints(root / "checkpoints", keep=1).save(TrainingState(step=0, data_position=0, models=models, extra=extra))
+    summary = {name: len(weights) for name, weights in models.items()}
+    print(json.dumps({"tensors": summary, "scale_factor": scale, "weights": spec.weights}), file=ctx.out)

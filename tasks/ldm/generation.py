@@ -26,7 +26,7 @@ from core.sampling import Generators, denoiser, sample, sigmas
 from core.validation import problems
 from tasks.autoencoder.latent_space import LatentSpace, load_latent_space
 from tasks.ldm.model import LatentDiffusion
-from tasks.ldm.specs import SamplingSpec, TrainLdmSpec, too_many_steps
+from tasks.ldm.specs import SamplingSpec, too_many_steps
 from tasks.runs.context import RunContext
 from tasks.runs.spec import RunRef
 from tasks.runs.trained import load_trained
@@ -277,11 +277,12 @@ def check_conditions(
 
 
 def load_pipeline(ref: RunRef, ctx: RunContext, field: str, device: str | torch.device = "cpu") -> Pipeline:
-    """The pipeline of a ``train_ldm`` run and the latent space it was trained in."""
-    trained = load_trained(ref, ctx, field, TrainLdmSpec, "ldm")
+    """The pipeline of a run holding an LDM (``train_ldm``, ``import_checkpoint``) and the
+    latent space it was trained in (its spec's ``first_stage``)."""
+    trained = load_trained(ref, ctx, field, None, "ldm")
     spec = trained.spec
     space = load_latent_space(spec.first_stage, ctx, f"{field} (its first_stage)")
-    size = spec.data.cls.example_shape(spec.data.params).image_size
+    size = spec.image_size()
     if size is None:
         raise UserError(f"{field}: {ref.run!r} was trained on images of varying size; sampling needs a fixed size")
     factor = space.shape.factor

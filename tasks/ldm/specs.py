@@ -120,6 +120,10 @@ class TrainLdmSpec(TrainingTaskSpec):
         """A fresh denoiser and conditioners as this spec (with filled sizes) describes them."""
         return LatentDiffusion(self.denoiser.build(), [c.build() for c in self.conditioners], self.conditioners)
 
+    def image_size(self) -> tuple[int, int] | None:
+        """(H, W) of the images the model makes: the training data's (none if they vary)."""
+        return self.data.cls.example_shape(self.data.params).image_size
+
     @model_validator(mode="after")
     def _conditions_are_in_the_data(self) -> TrainLdmSpec:
         fields = self.data.cls.example_shape(self.data.params).fields

@@ -88,16 +88,37 @@ def spec_of(ref: RunRef, ctx: RunContext, field: str, *tasks: type[T]) -> T:
     return spec
 
 
+HOLDERS = {
+    "first_stage": ("first stage", "train_autoencoder or import_checkpoint"),
+    "ldm": ("latent diffusion model", "train_ldm or import_checkpoint"),
+}
+"""What each model a run may hold is, and the tasks whose runs hold it, for messages."""
+
+
+def holding(ref: RunRef, ctx: RunContext, field: str, model: str) -> TaskSpec:
+    """The spec of run ``ref.run``, which must hold a trained ``model`` (its spec's
+    ``trained_components()`` names it), whatever its task; a :class:`UserError` otherwise."""
+    spec = run_spec(ref, ctx, field)
+    components = getattr(spec, "trained_components", None)
+    if components is None or model not in components():
+        what, tasks = HOLDERS.get(model, (f"{model!r} model", "another"))
+        raise UserError(f"{field}.run: {ref.run!r} is a {spec.task} run, which holds no {what}; give a {tasks} run")
+    return spec
+
+
 def load_trained(
-    ref: RunRef, ctx: RunContext, field: str, task: type[S] | tuple[type[S], ...], model: str
+    ref: RunRef, ctx: RunContext, field: str, task: type[S] | tuple[type[S], ...] | None, model: str
 ) -> Trained[S]:
-    """Model ``model`` of run ``ref.run``, a run of ``task`` (or of one of several), with its
-    latest weights.
+    """Model ``model`` of run ``ref.run``, a run of ``task`` (of one of several; of any task
+    that holds it when ``None``), with its latest weights.
 
     ``field`` names the spec field holding the reference, for messages; a :class:`UserError`
     says what is missing (the run, its checkpoint, the model).
     """
-    spec = spec_of(ref, ctx, field, *(task if isinstance(task, tuple) else (task,)))
+    if task is None:
+        spec = holding(ref, ctx, field, model)
+    else:
+        spec = spec_of(ref, ctx, field, *(task if isinstance(task, tuple) else (task,)))
     build = spec.trained_components().get(model)
     if build is None:
         raise UserError(f"{field}.run: {ref.run!r} (task {spec.task}) trained no {model}")
