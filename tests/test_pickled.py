@@ -1,7 +1,9 @@
-"""Reading pickled checkpoints: tensors come back; nothing the file names is imported or run."""
+"""Reading pickled checkpoints: tensors come back from Lightning-style files in both PyTorch
+formats; a file that names anything else is refused and nothing it names runs."""
 
 import os
-import pathlib
+import sys
+import types
 from collections import OrderedDict
 
 import pytest
@@ -21,34 +23,55 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-class Callback:
-    """Stands for a library object stored in a Lightning checkpoint (e.g. ModelCheckpoint's state)."""
+@pytest.fixture
+def lightning(monkeypatch):
+    """A stand-in for pytorch_lightning's ModelCheckpoint, importable under its real name while
+    a checkpoint is written (as Lightning 1.x keyed callback states by their class)."""
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
 
-    def __init__(self):
-        self.best = pathlib.PurePosixPath("/somewhere/best.ckpt")
+    class ModelCheckpoint:
+        def __init__(self):
+            self.dirpath = "/logs/checkpoints"
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return ModelCheckpoint
 
 
-def test_tensors_of_a_lightning_checkpoint_load_and_nothing_runs(tmp_path):
-    marker = tmp_path / "ran"
-    weights = OrderedDict(
-        [("model.diffusion_model.out.2.weight", torch.randn(4, 8, 3, 3)), ("scale_factor", torch.tensor(0.18215))]
-    )
+WEIGHTS = OrderedDict(
+    [("model.diffusion_model.out.2.weight", torch.randn(4, 8, 3, 3)), ("scale_factor", torch.tensor(0.18215))]
+)
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_the_tensors_of_a_lightning_checkpoint_load(tmp_path, lightning, zipped):
     path = tmp_path / "model.ckpt"
-    torch.save(
-        {
-            "state_dict": weights,
-            "global_step": 470000,
-            "callbacks": {"ModelCheckpoint": Callback()},
-            "payload": Payload(marker),
-            "dtype": torch.float16,
-        },
-        path,
-    )
+    callbacks = {lightning: {"best_model_score": torch.tensor(0.1), "best_model_path": "/logs/last.ckpt"}}
+    checkpoint = {
+        "state_dict": WEIGHTS,
+        "global_step": 470000,
+        "epoch": 3,
+        "pytorch-lightning_version": "1.4.2",
+        "callbacks": callbacks,
+        "instance": lightning(),
+    }
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zipped)
     state = read_checkpoint(path)
+    assert state.keys() == WEIGHTS.keys()
+    assert all(torch.equal(state[key], tensor) for key, tensor in WEIGHTS.items())
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_planted_payload_is_refused_and_writes_nothing(tmp_path, zipped):
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": WEIGHTS, "payload": Payload(marker)}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(ValueError, match=r"model.ckpt holds an object of (posix|os)\.system, which loading would"):
+        read_checkpoint(path)
     assert not marker.exists()
-    assert state.keys() == weights.keys()
-    for key, tensor in weights.items():
-        assert torch.equal(state[key], tensor)
     torch.load(path, weights_only=False)  # the control: a plain load runs the payload (a harmless touch)
     assert marker.exists()
 
@@ -75,11 +98,3 @@ def test_files_without_tensors_are_refused(tmp_path):
     torch.save({"global_step": 3}, tmp_path / "empty.ckpt")
     with pytest.raises(ValueError, match="empty.ckpt holds no tensors under 'state_dict' or at its top level"):
         read_checkpoint(tmp_path / "empty.ckpt")
-
-
-def test_the_legacy_format_is_read_through_the_same_restrictions(tmp_path):
-    marker = tmp_path / "ran"
-    weights = {"w": torch.arange(6.0).view(2, 3)}
-    path = tmp_path / "legacy.pt"
-    torch.save({"state_dict": weights, "payload": Payload(marker)}, path, _use_new_zipfile_serialization=False)
-    assert torch.equal(read_checkpoint(path)["w"], weights["w"]) and not marker.exists()

@@ -1,41 +1,54 @@
 """Reading tensors out of pickled PyTorch checkpoints (``.ckpt``, ``.pt``, ``.pth``) without
 running anything the file names.
 
-A pickle can name any importable function and have it called while loading. Lightning
-checkpoints (the original CompVis releases among them) hold, beside their ``state_dict``,
-objects of classes from the libraries that wrote them (callbacks, paths, numpy scalars), so
-``torch.load(weights_only=True)`` refuses many of them. Here the unpickler resolves only the
-names needed to rebuild tensors and plain containers, from modules already loaded; every other
-name becomes :class:`Inert`, whose instances keep nothing and run nothing. Nothing named in
-the file is ever imported or called.
+A pickle can name any importable function and have it called while loading. Here every file
+goes through ``torch.load(weights_only=True)``, PyTorch's unpickler that rebuilds tensors and
+plain containers only (memory-mapped where the format allows). Lightning checkpoints, the
+original CompVis releases among them, also hold a few library objects (callback states keyed
+by their class, configs); the names in :data:`STAND_INS` are unpickled as :class:`Inert`,
+which keeps nothing and runs nothing, and no module is imported for them. A file naming
+anything else is refused, naming it.
 """
 
 from __future__ import annotations
 
-import collections
 import pickle
-import types
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    ("torch", "Size"): torch.Size,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-}
-_DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)}
+STAND_INS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor",
+    "pytorch_lightning.callbacks.progress.TQDMProgressBar",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "typing.Any",
+    "builtins.getattr",
+)
+"""What Lightning and the libraries around it put in checkpoints beside the weights: read as
+:class:`Inert` stand-ins. ``builtins.getattr`` among them: pickles reach some classes through it,
+and here it returns a stand-in too."""
+_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class Inert:
-    """What a name outside the allow-list becomes: built, called or given state, it does nothing."""
+    """What a stand-in name becomes: built, called or given state, it does nothing."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
         return super().__new__(cls)
@@ -50,35 +63,38 @@ class Inert:
         return Inert()
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[module, name]
-        if module == "torch" and name in _DTYPES:
-            return getattr(torch, name)
-        return Inert
-
-
-def _load(file: Any, **kwargs: Any) -> Any:
-    # torch reads the header records of its legacy (non-zip) format with pickle_module.load.
-    return _Unpickler(file, **kwargs).load()
-
-
-_RESTRICTED = types.SimpleNamespace(Unpickler=_Unpickler, load=_load, __name__="restricted_pickle")
+def _load(path: Path) -> Any:
+    with torch.serialization.safe_globals([(Inert, name) for name in STAND_INS]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used with files saved with" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint file by name: a ``.safetensors`` file's, or a pickled
     checkpoint's ``state_dict`` (Lightning's) or its top-level dict of tensors.
 
-    Raises ``ValueError`` (one sentence naming the file) for a file that holds neither.
+    Raises ``ValueError`` (one sentence naming the file) for a file that is not a checkpoint,
+    names something outside the stand-ins, or holds no tensors.
     """
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+        loaded = _load(path)
+    except pickle.UnpicklingError as exc:
+        named = _UNSUPPORTED.search(str(exc))
+        if named:
+            raise ValueError(
+                f"{path} holds an object of {named.group(1)}, which loading would have to import; only tensors, "
+                "plain containers and Lightning's known checkpoint entries are read (convert it to .safetensors "
+                "where you trust it)"
+            ) from None
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     tensors = {key: value for key, value in (state or {}).items() if isinstance(value, torch.Tensor)}
     if not tensors:
