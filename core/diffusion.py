@@ -19,7 +19,7 @@ from torch import Tensor
 ScheduleKind = Literal["linear", "scaled_linear", "cosine"]
 Prediction = Literal["eps", "x0", "v"]
 TimestepSampling = Literal["uniform", "logit_normal"]
-Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras"]
+Spacing = Literal["leading", "trailing", "linspace", "logsnr", "karras", "ldm"]
 """How a sampler's steps are placed among the T timesteps (see :func:`core.sampling.timesteps`)."""
 SPACINGS: tuple[Spacing, ...] = get_args(Spacing)
 

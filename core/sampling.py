@@ -44,13 +44,17 @@ def timesteps(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
     ``linspace``: evenly from T-1 to 0; ``logsnr``: evenly spaced in log signal-to-noise ratio
     between the first and last step; ``karras``: Karras et al.'s (2022) sigmas, evenly spaced
     in sigma^(1/7) between the largest and smallest sigma (fractional timesteps are
-    interpolated in log sigma).
+    interpolated in log sigma); ``ldm``: the original LDM code's DDIM steps, 1, 1 + T//n,
+    1 + 2 T//n, ... below T + 1 (more than n when n does not divide T, as there), after
+    which :func:`sigmas` ends at timestep 0's sigma instead of 0.
     """
     total = schedule.steps
     if not 1 <= steps <= total:
         raise ValueError(f"steps must be between 1 and {total}, got {steps}")
     if spacing == "leading":
         found = torch.arange(steps, dtype=torch.float64) * (total // steps)
+    elif spacing == "ldm":
+        found = torch.arange(0, total, total // steps, dtype=torch.float64) + 1
     elif spacing == "trailing":
         found = (total - 1 - torch.arange(steps, dtype=torch.float64) * (total / steps)).round()
     elif spacing == "linspace":
@@ -86,8 +90,10 @@ def sigma_at(schedule: NoiseSchedule, t: Tensor) -> Tensor:
 
 
 def sigmas(schedule: NoiseSchedule, steps: int, spacing: Spacing) -> Tensor:
-    """The noise levels a sampler visits: ``steps`` decreasing sigmas, then 0 (float64, n + 1)."""
-    return torch.cat([sigma_at(schedule, timesteps(schedule, steps, spacing)), torch.zeros(1, dtype=torch.float64)])
+    """The noise levels a sampler visits: ``steps`` decreasing sigmas, then 0 (float64, n + 1);
+    with spacing ``ldm``, then timestep 0's sigma, where the original LDM code's DDIM stops."""
+    last = schedule.sigmas[:1].double() if spacing == "ldm" else torch.zeros(1, dtype=torch.float64)
+    return torch.cat([sigma_at(schedule, timesteps(schedule, steps, spacing)), last])
 
 
 def denoiser(
@@ -166,11 +172,18 @@ def sample(
         raise ValueError("a mask needs the latent it keeps: pass init")
     if init is None:
         x = noise * (1 + levels[0] ** 2).sqrt().to(noise.dtype)
-        return sampler.sample(denoise, x, levels, generator=generator)
+        return _latent(sampler.sample(denoise, x, levels, generator=generator), levels[-1])
     n = len(levels) - 1
     levels = levels[n - int(n * strength) :]
     if len(levels) == 1:
         return init
     if mask is not None:
         denoise = masked(denoise, init, mask, noise)
-    return sampler.sample(denoise, init + noise * levels[0].to(noise.dtype), levels, generator=generator)
+    x = init + noise * levels[0].to(noise.dtype)
+    return _latent(sampler.sample(denoise, x, levels, generator=generator), levels[-1])
+
+
+def _latent(x: Tensor, sigma: Tensor) -> Tensor:
+    # Samplers end at the last level: 0 (x is the latent), or a small sigma (spacing ldm), where
+    # the latent, as the original returns it, is x_t = x / sqrt(1 + sigma^2).
+    return x if sigma == 0 else x / (1 + sigma**2).sqrt().to(x.dtype)

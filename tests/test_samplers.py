@@ -85,7 +85,8 @@ def test_spacings_give_decreasing_timesteps_and_sigmas_ending_at_zero():
         t = timesteps(SCHEDULE, 10, spacing)
         assert len(t) == 10 and (t.diff() < 0).all(), spacing
         levels = sigmas(SCHEDULE, 10, spacing)
-        assert levels[-1] == 0 and (levels.diff() < 0).all(), spacing
+        last = SCHEDULE.sigmas[0] if spacing == "ldm" else 0
+        assert levels[-1] == last and (levels.diff() < 0).all(), spacing
     assert timesteps(SCHEDULE, 4, "leading").tolist() == [750, 500, 250, 0]
     assert timesteps(SCHEDULE, 4, "trailing").tolist() == [999, 749, 499, 249]
     log_levels = sigmas(SCHEDULE, 5, "logsnr")[:-1].log()
@@ -271,3 +272,32 @@ def test_the_adapter_gives_the_network_its_inputs_on_the_latents_device():
     x = torch.empty(2, 3, device="meta")
     denoiser(network, SCHEDULE, "eps")(x, torch.ones(2))  # levels come from the CPU
     assert seen == [("meta", "meta")]
+
+
+def test_ldm_spacing_takes_the_original_ddim_steps():
+    """The original DDIMSampler's steps: range(0, T, T // n) + 1, so n = 30 gives 31 of them."""
+    assert timesteps(SCHEDULE, 50, "ldm").tolist() == list(range(981, 0, -20))
+    assert len(timesteps(SCHEDULE, 30, "ldm")) == 31
+    assert sigmas(SCHEDULE, 50, "ldm")[-1] == SCHEDULE.sigmas[0]
+
+
+def test_ddim_with_ldm_spacing_is_the_original_ddim_recursion():
+    """x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t),
+    a_prev at the last step being alpha_bar_0 (so the result keeps a little noise), as the
+    original DDIM sampler steps with eta 0."""
+
+    def model(x, t):
+        return 0.3 * x + 0.001 * t.reshape(-1, 1, 1, 1)
+
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = sample(build("ddim"), denoiser(model, SCHEDULE, "eps"), noise, sigmas(SCHEDULE, 10, "ldm"))
+    alphas = SCHEDULE.alphas_cumprod
+    steps = list(range(0, 1000, 100))
+    x = noise
+    for i in reversed(range(len(steps))):
+        t = steps[i] + 1
+        a_t, a_prev = alphas[t], alphas[steps[i - 1] + 1] if i > 0 else alphas[0]
+        eps = model(x, torch.full((2,), float(t), dtype=torch.float64))
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)

@@ -52,9 +52,9 @@ class ImportCheckpointSpec(TaskSpec):
     conditioners: list[ConditionerUse] = Field([], description="An LDM's conditioners, filled from original_config.")
     diffusion: DiffusionSpec | None = Field(None, description="An LDM's forward process, filled from original_config.")
     sampling: SamplingSpec = Field(
-        default_factory=lambda: {"sampler": {"name": "ddim"}, "steps": 50},
+        default_factory=lambda: {"sampler": {"name": "ddim"}, "steps": 50, "spacing": "ldm"},
         validate_default=True,
-        description="Default sampling settings (the original scripts': DDIM, 50 steps).",
+        description="Default sampling settings (the original scripts': DDIM with its own steps, 50 of them).",
     )
     image_side: PositiveInt | None = Field(None, description="An LDM's image side in pixels, from original_config.")
 
