@@ -11,6 +11,7 @@ from core import Conditioning
 from core.diffusion import beta_schedule
 from tasks.api import load
 from tests.original_fixtures import fingerprint, seeded_state
+from tests.test_import_checkpoint import DDCONFIG
 from tests.test_original_autoencoder import build as build_first_stage
 from tests.test_original_autoencoder import original_state as first_stage_state
 from tests.test_original_unet import ORIGINAL as ORIGINAL_UNET
@@ -22,18 +23,7 @@ FIRST_STAGE = {
     "target": "ldm.models.autoencoder.AutoencoderKL",
     "params": {
         "embed_dim": 4,
-        "ddconfig": {
-            "double_z": True,
-            "z_channels": 4,
-            "resolution": 16,
-            "in_channels": 3,
-            "out_ch": 3,
-            "ch": 32,
-            "ch_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
-        },
+        "ddconfig": {**DDCONFIG, "z_channels": 4, "attn_resolutions": []},
     },
 }
 UNET = {
