@@ -130,3 +130,26 @@ def test_a_checkpoint_without_ema_or_with_another_schedule_is_refused(cli, tmp_p
     code, _, err = cli("import.json")
     assert code == 2 and "was trained with another noise schedule than config.yaml gives" in err
     assert not (tmp_path / "runs" / "cin").exists()
+
+
+def test_an_imported_ldm_is_fine_tuned_with_init_from(cli, tmp_path):
+    """Its first stage is the latent space and its weights the start of a train_ldm run."""
+    write(tmp_path)
+    assert cli("import.json")[0] == 0
+    imported = json.loads((tmp_path / "runs" / "cin" / "spec.json").read_text())
+    tune = {
+        "spec_version": 1,
+        "task": "train_ldm",
+        "name": "tuned",
+        "runtime": {"accelerator": "cpu"},
+        "data": {"name": "digits", "params": {"size": 16, "channels": 3}},
+        "first_stage": {"run": "cin"},
+        "denoiser": imported["denoiser"],
+        "conditioners": imported["conditioners"],
+        "diffusion": imported["diffusion"],
+        "train": {"max_steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2, "init_from": {"run": "cin"}},
+    }
+    (tmp_path / "tune.json").write_text(json.dumps(tune))
+    code, _, err = cli("tune.json")
+    assert code == 0, err
+    assert (tmp_path / "runs" / "tuned" / "checkpoints").is_dir()
