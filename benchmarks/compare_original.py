@@ -2,7 +2,16 @@
 it (nothing of it enters this repository).
 
     python benchmarks/compare_original.py PATH/TO/latent-diffusion --taming PATH/TO/taming-transformers \
-        --names tests/fixtures/original_names.json.gz
+        [--names tests/fixtures/original_names.json.gz] [--compare [CONFIG ...]] [--latent 16]
+
+``--compare`` builds each config's original modules, redraws every parameter with a seed (so no
+zero-initialised layer hides a difference), saves them as an original checkpoint (the UNet's raw
+weights: the EMA naming is tested in CI), imports that with our ``import_checkpoint`` and compares, on the same
+inputs: the first stage's moments and decoding, the conditioner's output, the UNet's output
+with that conditioning, and a 10-step DDIM sample (the original ``DDIMSampler``, eta 0, against
+our ``ddim`` with spacing ``ldm``) from the same noise, before decoding. Each row: the original
+output's std and max|ours - original| / max|original|, in float32. Latents are ``--latent``
+cells a side (the models are convolutional; smaller than the released size, for time).
 
 ``--names`` writes, for every released config (the first stages in
 ``models/first_stage_models/``, the LDMs in ``models/ldm/``, ``cin256-v2`` and
@@ -26,15 +35,39 @@ from typing import Any
 
 import torch
 import yaml
+from original_modules import compare, cond_stage, first_stage
 
 CONFIGS = (
-    *(f"models/first_stage_models/{name}/config.yaml" for name in (
-        "kl-f4", "kl-f8", "kl-f16", "kl-f32", "vq-f4", "vq-f4-noattn", "vq-f8", "vq-f8-n256", "vq-f16",
-    )),
-    *(f"models/ldm/{name}/config.yaml" for name in (
-        "bsr_sr", "celeba256", "cin256", "ffhq256", "inpainting_big", "layout2img-openimages256", "lsun_beds256",
-        "lsun_churches256", "semantic_synthesis256", "semantic_synthesis512", "text2img256",
-    )),
+    *(
+        f"models/first_stage_models/{name}/config.yaml"
+        for name in (
+            "kl-f4",
+            "kl-f8",
+            "kl-f16",
+            "kl-f32",
+            "vq-f4",
+            "vq-f4-noattn",
+            "vq-f8",
+            "vq-f8-n256",
+            "vq-f16",
+        )
+    ),
+    *(
+        f"models/ldm/{name}/config.yaml"
+        for name in (
+            "bsr_sr",
+            "celeba256",
+            "cin256",
+            "ffhq256",
+            "inpainting_big",
+            "layout2img-openimages256",
+            "lsun_beds256",
+            "lsun_churches256",
+            "semantic_synthesis256",
+            "semantic_synthesis512",
+            "text2img256",
+        )
+    ),
     "configs/latent-diffusion/cin256-v2.yaml",
     "configs/latent-diffusion/txt2img-1p4B-eval.yaml",
 )
@@ -58,32 +91,6 @@ def _without_training(section: Any) -> Any:
     return section
 
 
-def _first_stage(section: dict[str, Any]) -> torch.nn.Module:
-    from ldm.modules.diffusionmodules.model import Decoder, Encoder  # the original code, from the checkout
-    from taming.modules.vqvae.quantize import VectorQuantizer2
-
-    params = section["params"]
-    dd, embed = params["ddconfig"], params["embed_dim"]
-    moments = 2 * dd["z_channels"] if dd.get("double_z", True) else dd["z_channels"]
-    quant = 2 * embed if dd.get("double_z", True) else embed
-    parts = {"encoder": Encoder(**dd), "decoder": Decoder(**dd), "quant_conv": torch.nn.Conv2d(moments, quant, 1),
-             "post_quant_conv": torch.nn.Conv2d(embed, dd["z_channels"], 1)}
-    if "n_embed" in params:
-        parts["quantize"] = VectorQuantizer2(params["n_embed"], embed, beta=0.25)
-    return torch.nn.ModuleDict(parts)
-
-
-def _cond_stage(section: Any, first: dict[str, Any]) -> torch.nn.Module | None:
-    from ldm.modules.encoders import modules  # the original code, from the checkout
-
-    if not isinstance(section, dict) or section["target"] == "torch.nn.Identity":
-        return None
-    name, params = section["target"].rsplit(".", 1)[1], dict(section.get("params", {}))
-    if name == "BERTEmbedder":
-        params["use_tokenizer"] = False  # the tokenizer holds no weights (and would download BERT's vocabulary)
-    return getattr(modules, name)(**params)
-
-
 def _shapes(module: torch.nn.Module | None) -> dict[str, list[int]]:
     return {key: list(value.shape) for key, value in module.state_dict().items()} if module is not None else {}
 
@@ -98,13 +105,13 @@ def original_names(checkout: Path) -> dict[str, Any]:
         params = model.get("params", {})
         with torch.device("meta"):
             if "unet_config" not in params:
-                parts = {"": _shapes(_first_stage(model))}
+                parts = {"": _shapes(first_stage(model))}
             else:
                 first = params["first_stage_config"]
                 parts = {
-                    "first_stage_model.": _shapes(_first_stage(first)),
+                    "first_stage_model.": _shapes(first_stage(first)),
                     "model.diffusion_model.": _shapes(UNetModel(**params["unet_config"]["params"])),
-                    "cond_stage_model.": _shapes(_cond_stage(params.get("cond_stage_config"), first)),
+                    "cond_stage_model.": _shapes(cond_stage(params.get("cond_stage_config"), first)),
                 }
         keys = {}
         for prefix, shapes in parts.items():
@@ -119,8 +126,14 @@ def main() -> None:
     parser.add_argument("checkout", type=Path, help="a checkout of CompVis/latent-diffusion")
     parser.add_argument("--taming", type=Path, required=True, help="a checkout of CompVis/taming-transformers")
     parser.add_argument("--names", type=Path, help="write the names and shapes of every config's tensors here")
+    parser.add_argument("--compare", nargs="*", help="compare these configs (all when none is named)")
+    parser.add_argument("--latent", type=int, default=16, help="latent side of the compared inputs")
     args = parser.parse_args()
     _stub_imports(args.checkout, args.taming)
+    if args.compare is not None:
+        for relative in args.compare or CONFIGS:
+            for row in compare(args.checkout, relative, args.latent):
+                print(" | ".join(str(cell) for cell in row), flush=True)
     if args.names:
         data = original_names(args.checkout)
         with gzip.open(args.names, "wt") as handle:
