@@ -202,6 +202,7 @@ def compare(checkout: Path, relative: str, latent: int) -> list[list[Any]]:
             "runtime": {"accelerator": "cpu"},
             "checkpoint": str(tmp / "model.ckpt"),
             "original_config": str(tmp / "config.yaml"),
+            "weights": "raw",
         }
         (tmp / "import.json").write_text(json.dumps(spec))
         if run_task([str(tmp / "import.json"), "--runs-dir", str(tmp / "runs")]) != 0:
