@@ -153,3 +153,25 @@ def test_an_imported_ldm_is_fine_tuned_with_init_from(cli, tmp_path):
     code, _, err = cli("tune.json")
     assert code == 0, err
     assert (tmp_path / "runs" / "tuned" / "checkpoints").is_dir()
+
+
+def test_evaluate_measures_an_imported_model_on_the_data_it_is_given(cli, tmp_path):
+    write(tmp_path)
+    assert cli("import.json")[0] == 0
+    digits = {"name": "digits", "params": {"size": 16, "channels": 3}}
+    evaluate = {
+        "spec_version": 1,
+        "task": "evaluate",
+        "name": "eval",
+        "runtime": {"accelerator": "cpu"},
+        "model": {"run": "cin"},
+        "batch_size": 20,
+    }
+    (tmp_path / "eval.json").write_text(json.dumps(evaluate))
+    code, _, err = cli("eval.json")
+    assert code == 2 and "data: 'cin' (import_checkpoint) was trained on no dataset of ours; give data" in err
+    (tmp_path / "eval.json").write_text(json.dumps({**evaluate, "data": digits}))
+    code, _, err = cli("eval.json", "--set", "sampling.steps=2", "--set", "per_class=1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "runs" / "eval" / "eval.json").read_text())
+    assert report["run"] == "cin" and report["metrics"]

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from core import UserError
 from core.masks import MASKED_IMAGE, binarise, masked_input
-from tasks.autoencoder.spec import TrainAutoencoderSpec
 from tasks.engine.fabric import make_fabric
 from tasks.evaluation import judges
 from tasks.evaluation.reference_classifier import reference_classifier, split_of
@@ -44,11 +43,11 @@ from tasks.evaluation.spec import EvaluateSpec
 from tasks.images import make_grid, save_png
 from tasks.ldm import views
 from tasks.ldm.generation import Pipeline, load_pipeline
-from tasks.ldm.specs import SamplingSpec, TrainLdmSpec
+from tasks.ldm.specs import SamplingSpec
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
 from tasks.runs.rundir import RunDir, atomic_write
-from tasks.runs.trained import load_trained, spec_of
+from tasks.runs.trained import holding, load_trained, run_spec
 
 
 def _sample(
@@ -165,23 +164,24 @@ def _measure_inpainting(
     return metrics, {}, views.pairs(images[:50], [{MASKED_IMAGE: m} for m in shown])
 
 
-def _first_stage_report(spec: EvaluateSpec, ctx: RunContext) -> tuple[dict[str, Any], list, Tensor | None]:
-    """(report, checkpoints read, no grid) of a ``train_autoencoder`` run: reconstructions of its validation split."""
-    first = load_trained(spec.model, ctx, "model", TrainAutoencoderSpec, "first_stage")
+def _first_stage_report(spec: EvaluateSpec, ctx: RunContext, data: Any) -> tuple[dict[str, Any], list, None]:
+    """(report, checkpoints read, no grid) of a run holding a first stage: its reconstructions of
+    ``data``'s validation split."""
+    first = load_trained(spec.model, ctx, "model", None, "first_stage")
     fabric = make_fabric(spec.runtime)
     fabric.launch()
     model = fabric.to_device(first.module)
-    metrics = judges.reconstruction(fabric, model, split_of(first.spec.data, "val"), spec.batch_size)
+    metrics = judges.reconstruction(fabric, model, split_of(data, "val"), spec.batch_size)
     report = {"checkpoint": first.checkpoint.name, "split": "val", "metrics": metrics, "tables": {}}
     return report, [first.checkpoint], None
 
 
-def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: TrainLdmSpec) -> tuple[dict[str, Any], list, Tensor]:
-    """(report, checkpoints read, grid of samples) of a ``train_ldm`` run."""
+def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: Any, data: Any) -> tuple[dict[str, Any], list, Tensor]:
+    """(report, checkpoints read, grid of samples) of a run holding an LDM, measured on ``data``."""
     pipe = load_pipeline(spec.model, ctx, "model", spec.runtime.accelerator)
     sampling = spec.sampling or trained.sampling
     pipe.check(sampling)
-    metrics, tables, grid = _measure_ldm(spec, ctx, pipe, sampling, trained.data)
+    metrics, tables, grid = _measure_ldm(spec, ctx, pipe, sampling, data)
     report = {"checkpoint": pipe.checkpoint.name, "step": pipe.step, **sampling.record(), "seed": spec.seed}
     report.update(metrics=metrics, tables=tables)
     return report, list(pipe.reads), grid
@@ -218,11 +218,20 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
     checked = OneShotRun.check(spec, ctx)
     spec = checked.spec
     torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
-    trained = spec_of(spec.model, ctx, "model", TrainLdmSpec, TrainAutoencoderSpec)
-    if isinstance(trained, TrainAutoencoderSpec):
-        measured, reads, grid = _first_stage_report(spec, ctx)
+    trained = run_spec(spec.model, ctx, "model")
+    holds = trained.trained_components() if hasattr(trained, "trained_components") else {}
+    if "ldm" not in holds:
+        holding(spec.model, ctx, "model", "first_stage")  # refuses a run that holds neither
+    data = spec.data or trained.data
+    if data is None:
+        raise UserError(
+            f"data: {spec.model.run!r} ({trained.task}) was trained on no dataset of ours; give data, the examples "
+            "to measure it on (their validation split)"
+        )
+    if "ldm" in holds:
+        measured, reads, grid = _ldm_report(spec, ctx, trained, data)
     else:
-        measured, reads, grid = _ldm_report(spec, ctx, trained)
+        measured, reads, grid = _first_stage_report(spec, ctx, data)
     report = {"run": spec.model.run, "weights": spec.model.weights, **measured}
     checked.open(ctx, reads)
     _write(checked.dir, report, grid, ctx.out)
