@@ -152,7 +152,7 @@ def _unknown_target(config):
             r"original_config: config.yaml model.target 'ldm.models.autoencoder.AutoencoderKLSomething' "
             r"is not a first stage this code can import",
         ),
-        (_no_attention, r"checkpoint: model.ckpt holds tensors config.yaml does not call for \(decoder.mid.attn_1"),
+        (_no_attention, r"checkpoint: model.ckpt holds tensors config.yaml does not call for \(20: decoder.mid.attn_1"),
     ],
 )
 def test_what_cannot_be_imported_is_refused_and_nothing_is_written(cli, tmp_path, edit, message):
@@ -160,6 +160,16 @@ def test_what_cannot_be_imported_is_refused_and_nothing_is_written(cli, tmp_path
     assert code == 2
     assert re.search(message, err) and err.strip().count("\n") == 0, err
     assert not (tmp_path / "runs" / "imported-kl").exists()
+
+
+def test_a_checkpoint_lacking_tensors_is_refused_naming_them_and_their_count(cli, tmp_path):
+    spec = write_original(tmp_path, "kl")
+    state = torch.load(tmp_path / "model.ckpt")["state_dict"]
+    del state["decoder.conv_out.bias"], state["encoder.conv_in.weight"]
+    torch.save({"state_dict": state}, tmp_path / "model.ckpt")
+    code, _, err = import_run(cli, tmp_path, spec)
+    assert code == 2
+    assert "model.ckpt lacks tensors config.yaml calls for (2: encoder.conv_in.weight, decoder.conv_out.bias)" in err
 
 
 def test_missing_files_are_named(cli, tmp_path):

@@ -42,25 +42,26 @@ def _part(tensors: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -
     return {key: value for key, value in part.items() if not key.startswith(UNUSED)}
 
 
+def _some(keys: list[str], prefix: str) -> str:
+    """The first three of ``keys`` with their prefix, and how many there are in all."""
+    shown = ", ".join(prefix + key for key in keys[:3])
+    return f"{len(keys)}: {shown}{', ...' if len(keys) > 3 else ''}"
+
+
 def _converted(model: nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict:
-    try:
-        weights = original.from_original(model, part)
-    except KeyError as exc:
+    used = [name for pair in model.original_names() for name in pair.originals]
+    missing, unused = [key for key in used if key not in part], sorted(set(part) - set(used))
+    if missing or unused:
+        what = f"lacks tensors {spec.original_config} calls for ({_some(missing, prefix)})" if missing else ""
+        extra = f"holds tensors {spec.original_config} does not call for ({_some(unused, prefix)})" if unused else ""
         raise UserError(
-            f"checkpoint: {spec.checkpoint} has no {prefix}{exc.args[0]}, which {spec.original_config} calls for; "
-            "give the config released with this checkpoint"
-        ) from None
+            f"checkpoint: {spec.checkpoint} {' and '.join(filter(None, [what, extra]))}; give the config released "
+            "with this checkpoint"
+        )
+    try:
+        return original.from_original(model, part)
     except ValueError as exc:
         raise UserError(f"checkpoint: {spec.checkpoint}: {exc}; give the config released with it") from None
-    used = {name for pair in model.original_names() for name in pair.originals}
-    unused = sorted(set(part) - used)
-    if unused:
-        raise UserError(
-            f"checkpoint: {spec.checkpoint} holds tensors {spec.original_config} does not call for "
-            f"({', '.join(prefix + key for key in unused[:3])}{', ...' if len(unused) > 3 else ''}); give the config "
-            "released with this checkpoint"
-        )
-    return weights
 
 
 def _ema_part(names: list[str], tensors: dict[str, Tensor], spec: ImportCheckpointSpec) -> dict[str, Tensor]:
