@@ -38,13 +38,14 @@ class FirstStageConfig:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The YAML file at ``path`` as data; a :class:`ConfigError` if it is not a mapping with a ``model``."""
+    """The YAML file at ``path`` as data; a :class:`ConfigError` (to follow the file's name) if
+    it is not a mapping with a ``model``."""
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-        raise ConfigError(f"{path} has no 'model' section; give the original config the checkpoint was released with")
+        raise ConfigError("has no 'model' section; give the original config the checkpoint was released with")
     return loaded
 
 

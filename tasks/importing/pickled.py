@@ -92,7 +92,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
                 "plain containers and Lightning's known checkpoint entries are read (convert it to .safetensors "
                 "where you trust it)"
             ) from None
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        raise ValueError(f"{path} is not a PyTorch checkpoint (nothing in it unpickles as one)") from None
     except (RuntimeError, EOFError) as exc:
         raise ValueError(f"{path} is not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
