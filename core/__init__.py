@@ -8,6 +8,7 @@ exported here, plus :mod:`core.testing` for their tests.
 from core.conditioning import Conditioning, ConditioningShape
 from core.errors import PluginError, SpecError, UserError
 from core.hookspecs import hookimpl, hookspec
+from core.interchange import DiffusersModel, NotExpressible
 from core.interfaces import (
     INTERFACES,
     Component,
@@ -48,11 +49,13 @@ __all__ = [
     "DatasetSpec",
     "Denoiser",
     "DenoiserSpec",
+    "DiffusersModel",
     "ExampleShape",
     "FirstStage",
     "FrozenEncoder",
     "FirstStageSpec",
     "LatentShape",
+    "NotExpressible",
     "Params",
     "PluginAPIError",
     "PluginError",

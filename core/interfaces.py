@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from core.conditioning import Conditioning, ConditioningShape
 from core.diffusion import Spacing
+from core.interchange import DiffusersModel, NotExpressible
 from core.original import Pair
 from core.params import Params
 
@@ -47,6 +48,21 @@ class Component:
         empty, the default, when the component has no counterpart there. An implementation
         must pair every tensor of the state dict that the original has."""
         return []
+
+    def diffusers_model(self) -> DiffusersModel:
+        """This component as a diffusers model (class, config and tensor pairs; see
+        :mod:`core.interchange`). Raises :class:`core.NotExpressible` naming the param that no
+        diffusers class can express; the default: diffusers has no class for this component."""
+        raise NotExpressible(f"{type(self).__name__} has no diffusers counterpart")
+
+    @classmethod
+    def from_diffusers(cls, class_name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Our params (a dict for ``Params``) expressing the diffusers model of class
+        ``class_name`` whose ``config.json`` is ``config``, or ``None`` (the default) when this
+        component does not express that class. Raises :class:`core.NotExpressible` naming a
+        config key this component cannot express. A model built from the result must pair its
+        tensors with the class's names in :meth:`diffusers_model`."""
+        return None
 
 
 @dataclass(frozen=True)

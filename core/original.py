@@ -1,6 +1,7 @@
-"""Weights under the original CompVis code's names: the pairing of a component's tensors with
-theirs (what :meth:`core.Component.original_names` gives), and the conversion of state dicts
-both ways.
+"""Weights under another code's names: the pairing of a component's tensors with theirs (the
+original CompVis code's: what :meth:`core.Component.original_names` gives; diffusers': the
+``pairs`` of :meth:`core.Component.diffusers_model`), and the conversion of state dicts both
+ways.
 
 A :class:`Pair` says which original tensors make one of ours: usually one under another
 name; several stacked along the first axis where we fuse projections the original keeps
@@ -20,13 +21,15 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class Pair:
-    """Our tensor ``ours`` is the original tensors ``originals`` stacked along the first axis;
-    with ``heads`` set, one original fused qkv tensor whose rows run head by head (q, k, v of
-    head 0, then of head 1...), where ours run q of every head, then k, then v."""
+    """Our tensor ``ours`` is the other code's tensors ``originals`` stacked along the first
+    axis; with ``heads`` set, one fused qkv tensor whose rows run head by head (q, k, v of head
+    0, then of head 1...), where ours run q of every head, then k, then v. ``linear``: ours is a
+    1x1 convolution (C_out, C_in, 1, 1) that the other code stores as a linear map (C_out, C_in)."""
 
     ours: str
     originals: tuple[str, ...]
     heads: int | None = None
+    linear: bool = False
 
 
 def module_pairs(
@@ -47,19 +50,26 @@ def _regroup(tensor: Tensor, heads: int, from_original: bool) -> Tensor:
     return tensor.reshape(*outer, -1, *tensor.shape[1:]).transpose(0, 1).reshape(tensor.shape)
 
 
-def from_original(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``model``'s state dict with every tensor its ``original_names()`` pair taken from ``state``
-    (original names); a ``KeyError`` names the first missing one and a ``ValueError`` a tensor
+def _trimmed(shape: torch.Size) -> torch.Size:
+    # A 1x1 convolution (C_out, C_in, 1, 1), a 1-d one (C_out, C_in, 1) and a linear map
+    # (C_out, C_in) hold the same numbers.
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def from_pairs(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``model``'s state dict with every tensor of ``pairs`` taken from ``state`` (the other
+    code's names); a ``KeyError`` names the first missing one and a ``ValueError`` a tensor
     whose size is not what ``model``'s params make."""
     ours = model.state_dict()
-    for pair in model.original_names():
+    for pair in pairs:
         missing = [key for key in pair.originals if key not in state]
         if missing:
             raise KeyError(missing[0])
         stacked = torch.cat([state[key] for key in pair.originals])
         target = ours[pair.ours]
-        # The original's 1-d convolutions (C_out, C_in, 1) are our linear maps (C_out, C_in).
-        if stacked.shape != target.shape and stacked.squeeze(-1).shape != target.shape:
+        if _trimmed(stacked.shape) != _trimmed(target.shape):
             raise ValueError(
                 f"{' + '.join(pair.originals)} has shape {tuple(stacked.shape)} where the params make "
                 f"{tuple(target.shape)}"
@@ -71,16 +81,26 @@ def from_original(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Te
     return ours
 
 
-def to_original(model: nn.Module) -> dict[str, Tensor]:
-    """``model``'s tensors that its ``original_names()`` pair, under the original's names and
-    layouts (our linear maps stay 2-d: a 1-d convolution of the original loads them after a
-    reshape)."""
+def to_pairs(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
+    """``model``'s tensors that ``pairs`` name, under the other code's names and layouts (our
+    linear maps stay 2-d, so a 1-d convolution of the original code loads them after a
+    reshape; a pair's ``linear`` makes a 1x1 convolution of ours 2-d)."""
     ours = model.state_dict()
     state = {}
-    for pair in model.original_names():
+    for pair in pairs:
         tensor = ours[pair.ours]
         if pair.heads is not None:
             tensor = _regroup(tensor, pair.heads, from_original=False)
         for key, part in zip(pair.originals, tensor.chunk(len(pair.originals)), strict=True):
-            state[key] = part.clone()
+            state[key] = (part.reshape(part.shape[:2]) if pair.linear else part).clone()
     return state
+
+
+def from_original(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """:func:`from_pairs` with the model's ``original_names()``: ``state`` under the original's names."""
+    return from_pairs(model, model.original_names(), state)
+
+
+def to_original(model: nn.Module) -> dict[str, Tensor]:
+    """:func:`to_pairs` with the model's ``original_names()``: its tensors under the original's names."""
+    return to_pairs(model, model.original_names())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.errors import UserError
 
-PLUGIN_API_VERSION = "1.6"
+PLUGIN_API_VERSION = "1.7"
 
 
 class PluginAPIError(UserError):

@@ -9,9 +9,10 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from core import FirstStage, LatentShape, Params, RegularizerSpec
+from core import DiffusersModel, FirstStage, LatentShape, Params, RegularizerSpec
 from core.original import Pair
 from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, downsample
+from plugins.diffusers_autoencoder import autoencoder_diffusers_model, autoencoder_params_from_diffusers
 from plugins.original_autoencoder import autoencoder_pairs
 
 
@@ -128,6 +129,15 @@ class Autoencoder(FirstStage):
     def original_names(self) -> list[Pair]:
         """The original's names (see :mod:`plugins.original_autoencoder`)."""
         return autoencoder_pairs(self.params)
+
+    def diffusers_model(self) -> DiffusersModel:
+        """``AutoencoderKL`` or ``VQModel`` (see :mod:`plugins.diffusers_autoencoder`)."""
+        return autoencoder_diffusers_model(self.params)
+
+    @classmethod
+    def from_diffusers(cls, class_name: str, config: dict) -> dict | None:
+        """Our params for a diffusers ``AutoencoderKL`` or ``VQModel`` config."""
+        return autoencoder_params_from_diffusers(class_name, config)
 
     def decoder_last_layer(self) -> Tensor:
         return self.decoder[-1][-1].weight

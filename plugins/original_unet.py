@@ -33,7 +33,7 @@ def _res(ours: str, theirs: str, block: ResBlock) -> Iterator[Pair]:
     return module_pairs(ours, theirs, (*_RESBLOCK, *skip))
 
 
-def _attention(ours: str, theirs: str, block: nn.Module) -> Iterator[Pair]:
+def attention_pairs(ours: str, theirs: str, block: nn.Module) -> Iterator[Pair]:
     """A spatial transformer's pairs, or a plain self-attention block's (the one with a fused ``qkv``)."""
     if hasattr(block, "qkv"):
         yield from module_pairs(ours, theirs, (("norm", "norm"), ("out", "proj_out")))
@@ -64,7 +64,7 @@ def _stage(ours: str, theirs: str, stage: Any, start: int = 0) -> list[Pair]:
         if isinstance(module, ResBlock):
             pairs += _res(mine, original, module)
         elif name == "attn":
-            pairs += _attention(mine, original, module)
+            pairs += attention_pairs(mine, original, module)
         elif isinstance(module, nn.Conv2d):  # the down path's strided convolution
             pairs += module_pairs(mine, f"{original}.op", (("", ""),))
         else:  # Upsample

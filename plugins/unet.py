@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from core import Conditioning, Denoiser, Params
+from core import Conditioning, Denoiser, DiffusersModel, Params
 from core.original import Pair
 from plugins.blocks import ResBlock, Upsample, check_levels, check_norm_groups, downsample
+from plugins.diffusers_unet import unet_diffusers_model, unet_params_from_diffusers
 from plugins.original_unet import unet_pairs
 
 
@@ -294,6 +295,16 @@ class UNet(Denoiser):
         """The original ``UNetModel``'s names (see :mod:`plugins.original_unet`); the vector
         condition's projection has none."""
         return unet_pairs(self)
+
+    def diffusers_model(self) -> DiffusersModel:
+        """``UNet2DConditionModel`` (attention ``transformer``) or ``UNet2DModel`` (``self``);
+        see :mod:`plugins.diffusers_unet`."""
+        return unet_diffusers_model(self)
+
+    @classmethod
+    def from_diffusers(cls, class_name: str, config: dict) -> dict | None:
+        """Our params for a diffusers ``UNet2DConditionModel`` or ``UNet2DModel`` config."""
+        return unet_params_from_diffusers(class_name, config)
 
     def _run(self, stage: Stage, h: Tensor, emb: Tensor, context: Tensor | None) -> Tensor:
         if self.params.gradient_checkpointing and self.training and torch.is_grad_enabled():
