@@ -12,6 +12,7 @@ def ldm_register(registry):
     from plugins.autoencoder import Autoencoder
     from plugins.box_map import BoxMap
     from plugins.class_label import ClassLabel
+    from plugins.clip_text import ClipTextEncoder
     from plugins.digits import Digits
     from plugins.frozen_text_encoder import FrozenTextEncoder
     from plugins.identity import IdentityFirstStage
@@ -40,6 +41,7 @@ def ldm_register(registry):
     registry.add("autoencoder", Autoencoder)
     registry.add("box_map", BoxMap)
     registry.add("class_label", ClassLabel)
+    registry.add("clip_text", ClipTextEncoder)
     registry.add("digits", Digits)
     registry.add("frozen_text_encoder", FrozenTextEncoder)
     registry.add("identity", IdentityFirstStage)

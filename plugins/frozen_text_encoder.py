@@ -9,17 +9,16 @@ downloaded; a missing folder or file is a one-sentence error naming it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
 from core import Conditioner, Conditioning, ConditioningShape, Params
 from plugins.bert import Bert, BertConfig, check_weights, expected_shapes
+from plugins.caption_cache import CaptionCache
 from plugins.wordpiece import check_texts, encode, fixed_length, load_tokenizer, minilm_dir
 
 MINILM = "all-minilm-l6-v2"
@@ -101,7 +100,7 @@ class FrozenTextEncoder(Conditioner):
         self.bert.load_safetensors(folder / "model.safetensors")
         self.tokenizer = fixed_length(load_tokenizer(tokenizer_file(folder)), params.max_length)
         self.requires_grad_(False).eval()
-        self._cache: OrderedDict[str, Tensor] = OrderedDict()  # caption -> states (M, width), newest last
+        self._cache = CaptionCache(params.cache_size)
         self.register_load_state_dict_post_hook(lambda module, _: module._cache.clear())
 
     @classmethod
@@ -124,23 +123,11 @@ class FrozenTextEncoder(Conditioner):
             return Conditioning(context=self.bert(*self.token_ids(y)))
         return Conditioning(context=self._cached(y))
 
-    @torch.no_grad()
     def _cached(self, captions: Sequence[str]) -> Tensor:
         """The frozen encoder's states for ``captions``, encoding only those not seen lately."""
         check_texts(captions, "frozen_text_encoder")
         weight = self.bert.embeddings.word_embeddings.weight
-        stale = next(iter(self._cache.values()), None)
-        if stale is not None and (stale.device, stale.dtype) != (weight.device, weight.dtype):
-            self._cache.clear()  # moved or cast since they were encoded
-        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
-        if missing:
-            self._cache.update(zip(missing, self.bert(*self.token_ids(missing)), strict=True))
-        states = torch.stack([self._cache[c] for c in captions])
-        for caption in dict.fromkeys(captions):
-            self._cache.move_to_end(caption)
-        while len(self._cache) > self.params.cache_size:
-            self._cache.popitem(last=False)
-        return states
+        return self._cache.states(captions, lambda c: self.bert(*self.token_ids(c)), weight)
 
     def unconditional(self, cond: Conditioning) -> Conditioning:
         """The empty caption's states, repeated over the batch of ``cond`` (as Stable Diffusion

@@ -48,8 +48,8 @@ def test_unknown_component_name_suggests_the_closest(registry):
     found = problems(registry, {**BASE, "conditioners": [{"name": "class_lable"}]})
     assert found == {
         "conditioners.0.name": "unknown conditioner 'class_lable'; did you mean 'class_label'?; "
-        "installed conditioners: box_map, class_label, frozen_text_encoder, inpainting, layout, low_res, semantic_map, "
-        "text_bert"
+        "installed conditioners: box_map, class_label, clip_text, frozen_text_encoder, inpainting, layout, low_res, "
+        "semantic_map, text_bert"
     }
 
 
@@ -83,8 +83,8 @@ def test_top_level_extra_key_and_missing_field(registry):
 
 def test_unknown_task_and_missing_task(registry):
     assert problems(registry, {**BASE, "task": "inpsect"}) == {
-        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, import_checkpoint, inspect, "
-        "latent_stats, pipeline, sample, train_autoencoder, train_ldm"
+        "task": "unknown task 'inpsect'; did you mean 'inspect'?; valid tasks: evaluate, export_checkpoint, "
+        "import_checkpoint, inspect, latent_stats, pipeline, sample, train_autoencoder, train_ldm"
     }
     assert "this field is required" in problems(registry, {"name": "x"})["task"]
     assert "non-empty JSON object" in problems(registry, [])[""]
@@ -153,6 +153,7 @@ def test_schema_lists_each_installed_component_with_its_params(registry):
     assert [c["properties"]["name"]["const"] for c in conditioner["oneOf"]] == [
         "box_map",
         "class_label",
+        "clip_text",
         "frozen_text_encoder",
         "inpainting",
         "layout",

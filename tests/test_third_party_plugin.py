@@ -17,6 +17,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
     assert [line.split()[0] for line in conditioners] == [
         "box_map",
         "class_label",
+        "clip_text",
         "frozen_text_encoder",
         "inpainting",
         "layout",
@@ -26,7 +27,7 @@ def test_installed_plugin_is_listed_and_a_broken_one_is_reported(plugin_site, ru
         "text_bert",
         "wrong_vector",
     ]
-    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[6]
+    assert "[plugin 'example' (ldm-plugin-example 0.1.0)]" in conditioners[7]
     failed = lines[lines.index("plugins that failed to load") + 1 :]
     assert failed == [
         "  plugin 'broken' (ldm-plugin-broken 0.1.0) failed to load: ImportError: "
