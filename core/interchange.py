@@ -7,6 +7,7 @@ written and read as JSON and safetensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
@@ -20,10 +21,16 @@ class NotExpressible(UserError):
 
 @dataclass(frozen=True)
 class DiffusersModel:
-    """A diffusers model: ``class_name`` (e.g. ``"UNet2DConditionModel"``), the ``config`` its
-    ``config.json`` holds (without ``_class_name``), and ``pairs`` naming, for each of our
-    tensors, the diffusers tensors it is made of (see :mod:`core.original`)."""
+    """A model of a diffusers pipeline: ``class_name`` (e.g. ``"UNet2DConditionModel"``) of
+    ``library`` (``"diffusers"``; ``"transformers"`` for a text encoder, whose weights file is
+    ``model.safetensors``), the ``config`` its ``config.json`` holds (without ``_class_name``),
+    ``pairs`` naming, for each of our tensors, the library's tensors it is made of (see
+    :mod:`core.original`), and ``files`` the pipeline needs beside it, by their path in the
+    pipeline folder (a text encoder's tokenizer: ``tokenizer/vocab.json``...), each a file to
+    copy or a text to write."""
 
     class_name: str
     config: dict[str, Any]
     pairs: list[Pair] = field(default_factory=list)
+    library: str = "diffusers"
+    files: dict[str, Path | str] = field(default_factory=dict)

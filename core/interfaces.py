@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -56,12 +57,14 @@ class Component:
         raise NotExpressible(f"{type(self).__name__} has no diffusers counterpart")
 
     @classmethod
-    def from_diffusers(cls, class_name: str, config: dict[str, Any]) -> dict[str, Any] | None:
-        """Our params (a dict for ``Params``) expressing the diffusers model of class
-        ``class_name`` whose ``config.json`` is ``config``, or ``None`` (the default) when this
-        component does not express that class. Raises :class:`core.NotExpressible` naming a
-        config key this component cannot express. A model built from the result must pair its
-        tensors with the class's names in :meth:`diffusers_model`."""
+    def from_diffusers(cls, class_name: str, config: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+        """Our params (a dict for ``Params``) expressing the model of class ``class_name`` in
+        the diffusers pipeline part ``folder`` whose ``config.json`` is ``config``, or ``None``
+        (the default) when this component does not express that class. Raises
+        :class:`core.NotExpressible` naming a config key this component cannot express. A model
+        built from the result must pair its tensors with the class's names in
+        :meth:`diffusers_model`, or (a frozen pretrained model) load them from ``folder`` itself
+        and pair none."""
         return None
 
 

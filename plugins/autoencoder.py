@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from einops import rearrange
@@ -135,7 +136,7 @@ class Autoencoder(FirstStage):
         return autoencoder_diffusers_model(self.params)
 
     @classmethod
-    def from_diffusers(cls, class_name: str, config: dict) -> dict | None:
+    def from_diffusers(cls, class_name: str, config: dict, folder: Path) -> dict | None:
         """Our params for a diffusers ``AutoencoderKL`` or ``VQModel`` config."""
         return autoencoder_params_from_diffusers(class_name, config)
 

@@ -61,11 +61,15 @@ def _refuse(p: Any) -> None:
         ("downsample_pad", p.downsample_pad, "bottom_right"),
     ):
         if value != wanted:
-            raise NotExpressible(f"autoencoder {field} {value!r}: diffusers' autoencoders have {wanted!r}; set it so")
+            raise NotExpressible(
+                f"autoencoder {field} {value!r}: diffusers' autoencoders have {wanted!r} (train with it to export)"
+            )
     if p.regularizer.name not in ("kl", "vq"):
         raise NotExpressible(f"autoencoder regularizer {p.regularizer.name!r}: diffusers has kl and vq autoencoders")
     if p.regularizer.name == "vq" and not p.quant_conv:
-        raise NotExpressible("autoencoder quant_conv false: diffusers' VQModel has quant_conv; set it true")
+        raise NotExpressible(
+            "autoencoder quant_conv false: diffusers' VQModel has quant_conv (train with it true to export)"
+        )
 
 
 def autoencoder_diffusers_model(params: Any) -> DiffusersModel:

@@ -86,11 +86,13 @@ def _heads(p: Any, width: int) -> int:
 
 def _refuse_common(p: Any) -> None:
     if p.resblock_updown:
-        raise NotExpressible("unet resblock_updown true: diffusers' UNets resample with (de)convolutions; set it false")
+        raise NotExpressible(
+            "unet resblock_updown true: diffusers' UNets resample with (de)convolutions (train with it false to export)"
+        )
     if p.vector_dim is not None:
         raise NotExpressible(
-            f"unet vector_dim {p.vector_dim}: diffusers' UNets take no vector condition; export a model whose "
-            "conditioners give context or concat only"
+            f"unet vector_dim {p.vector_dim}: diffusers' UNets take no vector condition (conditioners that give "
+            "context or concat only can be exported)"
         )
 
 
@@ -110,7 +112,7 @@ def _cross_config(p: Any, widths: list[int]) -> dict[str, Any]:
     if p.context_dim is None:
         raise NotExpressible(
             "unet attention 'transformer' without context_dim: diffusers has no UNet with spatial transformers but "
-            "no cross-attention; use attention 'self' (UNet2DModel) or a conditioner that gives context"
+            "no cross-attention (train with attention 'self', diffusers' UNet2DModel, to export)"
         )
     for field, value, wanted in (
         ("ff_mult", p.ff_mult, 4),
@@ -118,7 +120,9 @@ def _cross_config(p: Any, widths: list[int]) -> dict[str, Any]:
         ("mid_attention", p.mid_attention, True),
     ):
         if value != wanted:
-            raise NotExpressible(f"unet {field} {value}: diffusers' UNet2DConditionModel has {wanted}; set it so")
+            raise NotExpressible(
+                f"unet {field} {value}: diffusers' UNet2DConditionModel has {wanted} (train with it to export)"
+            )
     return {
         **_block_types(p, len(widths), "CrossAttn"),
         "mid_block_type": "UNetMidBlock2DCrossAttn",
@@ -137,7 +141,7 @@ def _plain_config(p: Any, widths: list[int]) -> dict[str, Any]:
     if len(head_widths) > 1:
         raise NotExpressible(
             f"unet num_heads {p.num_heads} makes heads of {head_widths} channels at different levels: diffusers' "
-            "UNet2DModel has one head width; set head_channels"
+            "UNet2DModel has one head width (train with head_channels to export)"
         )
     if p.attention_norm_eps != 1e-5:
         raise NotExpressible(f"unet attention_norm_eps {p.attention_norm_eps}: diffusers' UNet2DModel has 1e-5")

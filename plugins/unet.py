@@ -10,6 +10,7 @@ does the middle. ``Conditioning.concat`` joins the input channels and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -302,7 +303,7 @@ class UNet(Denoiser):
         return unet_diffusers_model(self)
 
     @classmethod
-    def from_diffusers(cls, class_name: str, config: dict) -> dict | None:
+    def from_diffusers(cls, class_name: str, config: dict, folder: Path) -> dict | None:
         """Our params for a diffusers ``UNet2DConditionModel`` or ``UNet2DModel`` config."""
         return unet_params_from_diffusers(class_name, config)
 

@@ -3,6 +3,8 @@
 and give our outputs; ``from_diffusers`` reads the configs back; what no class can express is
 refused naming the param."""
 
+from pathlib import Path
+
 import diffusers
 import pytest
 import torch
@@ -103,7 +105,7 @@ def test_unet_equals_diffusers(case):
 def test_unet_read_back_from_diffusers(case):
     ours = unet(**UNETS[case])
     form = ours.diffusers_model()
-    again = UNet(UNet.Params(**UNet.from_diffusers(form.class_name, form.config))).eval()
+    again = UNet(UNet.Params(**UNet.from_diffusers(form.class_name, form.config, Path("unet")))).eval()
     again.load_state_dict(from_pairs(again, again.diffusers_model().pairs, to_pairs(ours, form.pairs)))
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([250.0])
     cond = Conditioning(context=torch.randn(1, 3, 12) if ours.params.context_dim else None)
@@ -134,7 +136,7 @@ def test_autoencoder_equals_diffusers(case):
         decoded, decoded_theirs = ours.decode(z), theirs.decode(z).sample
     assert (z - z_theirs).abs().max() <= TOLERANCE * z.abs().max()
     assert (decoded - decoded_theirs).abs().max() <= TOLERANCE * decoded.abs().max()
-    back = Autoencoder.from_diffusers(ours.diffusers_model().class_name, ours.diffusers_model().config)
+    back = Autoencoder.from_diffusers(ours.diffusers_model().class_name, ours.diffusers_model().config, Path("vae"))
     assert Autoencoder.Params.model_validate(back, context={"registry": REGISTRY}) == ours.params
 
 
@@ -161,7 +163,7 @@ def test_a_wrong_pairing_is_seen():
         ({}, "without context_dim"),
         ({"context_dim": 12}, "attention_norm_eps 1e-05"),
         ({"context_dim": 12, "attention_norm_eps": 1e-6, "ff_mult": 2}, "ff_mult 2"),
-        ({"attention": "self", "num_heads": 2, "attention_levels": [0]}, "set head_channels"),
+        ({"attention": "self", "num_heads": 2, "attention_levels": [0]}, "train with head_channels"),
     ],
 )
 def test_unet_diffusers_cannot_express_is_named(params, named):
@@ -181,5 +183,5 @@ def test_autoencoder_diffusers_cannot_express_is_named(params, named):
 def test_reading_a_config_ours_cannot_express_names_the_key():
     form = unet(**UNETS["cross, head_channels"]).diffusers_model()
     with pytest.raises(NotExpressible, match="use_linear_projection True"):
-        UNet.from_diffusers(form.class_name, {**form.config, "use_linear_projection": True})
-    assert UNet.from_diffusers("AutoencoderKL", form.config) is None
+        UNet.from_diffusers(form.class_name, {**form.config, "use_linear_projection": True}, Path("unet"))
+    assert UNet.from_diffusers("AutoencoderKL", form.config, Path("vae")) is None

@@ -83,7 +83,8 @@ def test_every_stage_is_validated_before_the_first_runs(tmp_path, capsys):
     check(lambda s: s[2].update(name="ae"), "stage names must differ, but 'ae' is used twice")
     check(
         lambda s: s[2].update(task="pipeline"),
-        "stages.2: a stage's task is one of evaluate, import_checkpoint, inspect, latent_stats, sample",
+        "stages.2: a stage's task is one of evaluate, export_checkpoint, import_checkpoint, inspect, latent_stats, "
+        "sample",
     )
     check(lambda s: s[2].update(model={"run": "ldn"}), "stages.2.model: 'ldn' is neither an earlier stage nor a run in")
 

@@ -18,6 +18,7 @@ from tasks.autoencoder.spec import LatentStatsSpec, TrainAutoencoderSpec
 from tasks.evaluation.spec import EvaluateSpec
 from tasks.importing.spec import ImportCheckpointSpec, resolve_import
 from tasks.inspection import InspectSpec
+from tasks.interchange.spec import ExportCheckpointSpec
 from tasks.ldm.specs import SampleSpec, TrainLdmSpec, resolve_train_ldm
 from tasks.pipeline import PipelineSpec, resolve_pipeline
 from tasks.runs.context import RunContext
@@ -37,6 +38,7 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "evaluate": Task(EvaluateSpec, "tasks.evaluation.task"),
+    "export_checkpoint": Task(ExportCheckpointSpec, "tasks.interchange.export"),
     "import_checkpoint": Task(ImportCheckpointSpec, "tasks.importing.task", resolve_import),
     "inspect": Task(InspectSpec, "tasks.inspection"),
     "latent_stats": Task(LatentStatsSpec, "tasks.autoencoder.latent_stats"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -11,8 +12,10 @@ from torch import nn
 
 from core import DenoiserSpec, FirstStageSpec, UserError
 from core.interfaces import LatentShape
+from tasks.importing.diffusers_folder import diffusion, expressing, parts_of
 from tasks.importing.original_config import ConfigError, first_stage_config, read_config
 from tasks.importing.original_ldm import ldm_config
+from tasks.interchange.diffusers_files import CONFIG
 from tasks.ldm.model import ConditionerUse, LatentDiffusion, fill_denoiser
 from tasks.ldm.specs import DiffusionSpec, SamplingSpec
 from tasks.runs.context import RunContext
@@ -20,19 +23,25 @@ from tasks.runs.spec import RunRef, TaskSpec
 
 
 class ImportCheckpointSpec(TaskSpec):
-    """Weights released with the original CompVis code, as a run of ours.
+    """Weights made elsewhere, as a run of ours: released with the original CompVis code (a
+    checkpoint file and its YAML config; Stable Diffusion v1 files too), or a diffusers folder.
 
     A first stage's checkpoint gives a run that is a latent space (a ``train_ldm``'s
     ``first_stage``); an LDM's gives a run that ``sample``, ``tasks.api.load`` and
     ``train.init_from`` take like a ``train_ldm`` run, its first stage inside it. Everything
-    after ``take`` is filled from ``original_config``: leave it out.
+    after ``take`` is filled from the config: leave it out.
     """
 
     task: Literal["import_checkpoint"]
     checkpoint: Path = Field(
-        description="The checkpoint: a .ckpt / .pt / .pth that PyTorch or Lightning wrote, or a .safetensors file."
+        description=(
+            "The checkpoint: a .ckpt / .pt / .pth that PyTorch or Lightning wrote, a .safetensors file, or a "
+            "diffusers folder (a pipeline's, with model_index.json, or one autoencoder's)."
+        )
     )
-    original_config: Path = Field(description="The original YAML config released with the checkpoint.")
+    original_config: Path | None = Field(
+        None, description="The original YAML config released with a checkpoint file (none for a diffusers folder)."
+    )
     weights: Literal["ema", "raw"] = Field(
         "ema", description="An LDM's UNet weights: its EMA (model_ema.*, what the original samples with) or raw ones."
     )
@@ -87,7 +96,7 @@ def _validated(spec_type: Any, value: Any, ctx: RunContext, path: Path, what: st
     try:
         return spec_type.model_validate(value, context={"registry": ctx.registry})
     except ValidationError as exc:
-        raise UserError(f"original_config: {path} describes {what} ours cannot build ({exc})") from None
+        raise UserError(f"{path} describes {what} ours cannot build ({exc})") from None
 
 
 def _ldm_parts(config: dict[str, Any], first: FirstStageSpec, ctx: RunContext, path: Path) -> dict[str, Any]:
@@ -105,10 +114,46 @@ def _ldm_parts(config: dict[str, Any], first: FirstStageSpec, ctx: RunContext, p
     }
 
 
+def _resolve_folder(spec: ImportCheckpointSpec, ctx: RunContext) -> ImportCheckpointSpec:
+    """``spec`` with the models filled from a diffusers folder's configs."""
+    if spec.original_config is not None:
+        raise UserError("original_config: a diffusers folder brings its own configs; leave original_config out")
+    parts = parts_of(spec.checkpoint)
+    found = expressing(ctx, "first_stage", parts.first_stage)
+    first = _validated(FirstStageSpec, found, ctx, parts.first_stage, "a first stage")
+    if parts.unet is None or spec.take == "first_stage":
+        return spec.model_copy(update={"model": first})
+    values, prediction = diffusion(parts.scheduler)
+    unet = expressing(ctx, "denoiser", parts.unet)
+    unet["params"]["prediction"] = prediction
+    encoders = [parts.text_encoder] if parts.text_encoder is not None else []
+    uses = [
+        _validated(ConditionerUse, {**expressing(ctx, "conditioner", e), "drop_rate": 0.0}, ctx, e, "a conditioner")
+        for e in encoders
+    ]
+    latent: LatentShape = first.cls.latent_shape(first.params)
+    denoiser = _validated(DenoiserSpec, unet, ctx, parts.unet, "a denoiser")
+    side = json.loads((parts.unet / CONFIG).read_text()).get("sample_size")
+    return spec.model_copy(
+        update={
+            "model": first,
+            "denoiser": fill_denoiser(denoiser, latent, uses, {"registry": ctx.registry}),
+            "conditioners": uses,
+            "diffusion": DiffusionSpec(**values),
+            "image_side": side * latent.factor if isinstance(side, int) else None,
+        }
+    )
+
+
 def resolve_import(spec: ImportCheckpointSpec, ctx: RunContext) -> ImportCheckpointSpec:
-    """``spec`` with the models filled from the original config; a missing file, a config this
-    code cannot express or a model our components refuse is a :class:`UserError`."""
+    """``spec`` with the models filled from the original config or the diffusers folder; a
+    missing file, a config this code cannot express or a model our components refuse is a
+    :class:`UserError`."""
+    if spec.checkpoint.is_dir():
+        return _resolve_folder(spec, ctx)
     _existing(spec.checkpoint, "checkpoint", "the checkpoint file")
+    if spec.original_config is None:
+        raise UserError("original_config: a checkpoint file needs the YAML config it was released with; give its path")
     path = _existing(spec.original_config, "original_config", "the original YAML config")
     try:
         config = read_config(path)

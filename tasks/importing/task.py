@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from core import UserError, original
+from tasks.importing import diffusers_folder
 from tasks.importing.original_config import first_stage_config, read_config, scale_factor
 from tasks.importing.pickled import read_checkpoint
 from tasks.importing.spec import ImportCheckpointSpec, resolve_import
+from tasks.interchange.diffusers_files import read_model
 from tasks.runs.checkpoint import Checkpoints, TrainingState
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
@@ -48,18 +50,25 @@ def _some(keys: list[str], prefix: str) -> str:
     return f"{len(keys)}: {shown}{', ...' if len(keys) > 3 else ''}"
 
 
-def _converted(model: nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict:
-    used = [name for pair in model.original_names() for name in pair.originals]
+def _converted(
+    model: nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec, pairs: list | None = None
+) -> dict:
+    """``model``'s state dict from ``part`` (the other code's names, through ``pairs``: by
+    default its original names), refused unless every tensor of ``part`` is used and none is
+    missing."""
+    pairs = model.original_names() if pairs is None else pairs
+    source = spec.original_config or "the config.json beside them"
+    used = [name for pair in pairs for name in pair.originals]
     missing, unused = [key for key in used if key not in part], sorted(set(part) - set(used))
     if missing or unused:
-        what = f"lacks tensors {spec.original_config} calls for ({_some(missing, prefix)})" if missing else ""
-        extra = f"holds tensors {spec.original_config} does not call for ({_some(unused, prefix)})" if unused else ""
+        what = f"lacks tensors {source} calls for ({_some(missing, prefix)})" if missing else ""
+        extra = f"holds tensors {source} does not call for ({_some(unused, prefix)})" if unused else ""
         raise UserError(
             f"checkpoint: {spec.checkpoint} {' and '.join(filter(None, [what, extra]))}; give the config released "
             "with this checkpoint"
         )
     try:
-        return original.from_original(model, part)
+        return original.from_pairs(model, pairs, part)
     except ValueError as exc:
         raise UserError(f"checkpoint: {spec.checkpoint}: {exc}; give the config released with it") from None
 
@@ -131,10 +140,8 @@ def _read(path: Path) -> dict[str, Tensor]:
         raise UserError(f"checkpoint: {exc}") from None
 
 
-def run(spec: ImportCheckpointSpec, ctx: RunContext) -> None:
-    """Fill the models from the config; read, convert and check the weights; then write the run."""
-    checked = OneShotRun.check(resolve_import(spec, ctx), ctx)
-    spec = checked.spec
+def _from_file(spec: ImportCheckpointSpec) -> tuple[dict[str, dict[str, Tensor]], Tensor, Tensor]:
+    """The models and the latent (mean, std) of an original checkpoint file."""
     config = read_config(spec.original_config)
     first = first_stage_config(config)
     tensors = _read(spec.checkpoint)
@@ -143,9 +150,43 @@ def run(spec: ImportCheckpointSpec, ctx: RunContext) -> None:
         _check_schedule(spec, tensors)
         models["ldm"] = _ldm_weights(spec, tensors)
     channels = spec.model.cls.latent_shape(spec.model.params).channels
-    scale = _scale(spec, config, tensors)
-    extra = {"latent_mean": torch.zeros(channels), "latent_std": torch.full((channels,), 1.0 / scale)}
+    return models, torch.zeros(channels), torch.full((channels,), 1.0 / _scale(spec, config, tensors))
+
+
+def _from_diffusers(module: nn.Module, folder: Path, spec: ImportCheckpointSpec) -> dict[str, Tensor]:
+    """``module``'s state dict from the diffusers part ``folder``; a model of another library
+    (transformers' text encoder), which loaded its folder itself when built, as built."""
+    form = module.diffusers_model()
+    if form.library != "diffusers":
+        return module.state_dict()
+    tensors = read_model(folder, "checkpoint")[2]
+    return _converted(module, tensors, f"{folder.name}/", spec, form.pairs)
+
+
+def _from_folder(spec: ImportCheckpointSpec) -> tuple[dict[str, dict[str, Tensor]], Tensor, Tensor]:
+    """The models and the latent (mean, std) of a diffusers folder."""
+    parts = diffusers_folder.parts_of(spec.checkpoint)
+    models = {"first_stage": _from_diffusers(spec.model.build(), parts.first_stage, spec)}
+    if spec.denoiser is not None:
+        ldm = spec.build()
+        state = {f"denoiser.{k}": v for k, v in _from_diffusers(ldm.denoiser, parts.unet, spec).items()}
+        for i, module in enumerate(ldm.conditioners):
+            weights = _from_diffusers(module, parts.text_encoder, spec)
+            state.update({f"conditioners.{i}.{key}": value for key, value in weights.items()})
+        models["ldm"] = state
+    channels = spec.model.cls.latent_shape(spec.model.params).channels
+    mean, std = diffusers_folder.latent_statistics(parts.first_stage, channels, spec.scale_factor)
+    return models, mean, std
+
+
+def run(spec: ImportCheckpointSpec, ctx: RunContext) -> None:
+    """Fill the models from the config; read, convert and check the weights; then write the run."""
+    checked = OneShotRun.check(resolve_import(spec, ctx), ctx)
+    spec = checked.spec
+    models, mean, std = _from_folder(spec) if spec.checkpoint.is_dir() else _from_file(spec)
+    extra = {"latent_mean": mean, "latent_std": std}
     root = checked.open(ctx, [spec.checkpoint])
     Checkpoints(root / "checkpoints", keep=1).save(TrainingState(step=0, data_position=0, models=models, extra=extra))
     summary = {name: len(weights) for name, weights in models.items()}
+    scale = 1.0 / float(std.mean())
     print(json.dumps({"tensors": summary, "scale_factor": scale, "weights": spec.weights}), file=ctx.out)
