@@ -23,13 +23,15 @@ from torch import Tensor, nn
 class Pair:
     """Our tensor ``ours`` is the other code's tensors ``originals`` stacked along the first
     axis; with ``heads`` set, one fused qkv tensor whose rows run head by head (q, k, v of head
-    0, then of head 1...), where ours run q of every head, then k, then v. ``linear``: ours is a
-    1x1 convolution (C_out, C_in, 1, 1) that the other code stores as a linear map (C_out, C_in)."""
+    0, then of head 1...), where ours run q of every head, then k, then v. ``ndim``: the other
+    code stores this weight with that many dims where ours has another count, the same numbers
+    with trailing ones added or dropped (our 1x1 convolution (C_out, C_in, 1, 1) as its linear
+    map: 2; our linear map as its 1-d convolution (C_out, C_in, 1): 3)."""
 
     ours: str
     originals: tuple[str, ...]
     heads: int | None = None
-    linear: bool = False
+    ndim: int | None = None
 
 
 def module_pairs(
@@ -82,9 +84,8 @@ def from_pairs(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tens
 
 
 def to_pairs(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
-    """``model``'s tensors that ``pairs`` name, under the other code's names and layouts (our
-    linear maps stay 2-d, so a 1-d convolution of the original code loads them after a
-    reshape; a pair's ``linear`` makes a 1x1 convolution of ours 2-d)."""
+    """``model``'s tensors that ``pairs`` name, under the other code's names and layouts (a
+    pair's ``ndim`` reshapes a weight to the other code's dims)."""
     ours = model.state_dict()
     state = {}
     for pair in pairs:
@@ -92,7 +93,9 @@ def to_pairs(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
         if pair.heads is not None:
             tensor = _regroup(tensor, pair.heads, from_original=False)
         for key, part in zip(pair.originals, tensor.chunk(len(pair.originals)), strict=True):
-            state[key] = (part.reshape(part.shape[:2]) if pair.linear else part).clone()
+            if pair.ndim is not None:
+                part = part.reshape(*_trimmed(part.shape), *[1] * (pair.ndim - len(_trimmed(part.shape))))
+            state[key] = part.clone()
     return state
 
 

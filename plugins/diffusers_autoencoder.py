@@ -51,7 +51,7 @@ def _pairs(params: Any) -> list[Pair]:
     for pair in autoencoder_pairs(params):
         renamed = [_renamed(name, len(params.ch_mult)) for name in pair.originals]
         linear = any(flag for _, flag in renamed) and pair.ours.endswith("weight")
-        pairs.append(Pair(pair.ours, tuple(name for name, _ in renamed), linear=linear))
+        pairs.append(Pair(pair.ours, tuple(name for name, _ in renamed), ndim=2 if linear else None))
     return pairs
 
 

@@ -36,9 +36,12 @@ def _res(ours: str, theirs: str, block: ResBlock) -> Iterator[Pair]:
 def attention_pairs(ours: str, theirs: str, block: nn.Module) -> Iterator[Pair]:
     """A spatial transformer's pairs, or a plain self-attention block's (the one with a fused ``qkv``)."""
     if hasattr(block, "qkv"):
-        yield from module_pairs(ours, theirs, (("norm", "norm"), ("out", "proj_out")))
-        for leaf in ("weight", "bias"):
-            yield Pair(f"{ours}.qkv.{leaf}", (f"{theirs}.qkv.{leaf}",), heads=block.heads)
+        # Its qkv and proj_out are 1-d convolutions: (C_out, C_in, 1) where ours are linear maps.
+        yield from module_pairs(ours, theirs, (("norm", "norm"),))
+        yield Pair(f"{ours}.out.weight", (f"{theirs}.proj_out.weight",), ndim=3)
+        yield Pair(f"{ours}.out.bias", (f"{theirs}.proj_out.bias",))
+        yield Pair(f"{ours}.qkv.weight", (f"{theirs}.qkv.weight",), heads=block.heads, ndim=3)
+        yield Pair(f"{ours}.qkv.bias", (f"{theirs}.qkv.bias",), heads=block.heads)
         return
     yield from module_pairs(ours, theirs, (("norm", "norm"), ("proj_in", "proj_in"), ("proj_out", "proj_out")))
     for k, layer in enumerate(block.blocks):

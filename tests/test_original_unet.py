@@ -106,7 +106,7 @@ def test_original_names_of_a_worked_example():
     state = original.to_original(build("self"))
     assert "input_blocks.2.0.in_layers.2.weight" in state  # the down-resampling residual block
     assert "output_blocks.1.2.out_layers.3.weight" in state  # res, attention, then the up-resampling block
-    assert state["middle_block.1.qkv.weight"].shape == (192, 64)
+    assert state["middle_block.1.qkv.weight"].shape == (192, 64, 1)  # a 1-d convolution there
     assert "input_blocks.0.0.weight" in state and "out.2.bias" in state
     transformer = original.to_original(build("transformer"))
     assert transformer["input_blocks.3.1.transformer_blocks.0.attn2.to_k.weight"].shape == (64, 24)

@@ -15,7 +15,13 @@ from typing import Any
 from tasks.importing.original_config import ConfigError, target_of
 
 UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
-_UNET_FIXED = {"dims": 2, "conv_resample": True, "use_new_attention_order": False, "num_classes": None}
+_UNET_FIXED = {
+    "dims": 2,
+    "conv_resample": True,
+    "use_new_attention_order": False,
+    "num_classes": None,
+    "use_linear_in_transformer": False,
+}
 """UNet options every released model has as here; another value is refused, naming it."""
 _ENCODERS = "ldm.modules.encoders.modules."
 _IMAGENET_WITH_NULL = 1001
@@ -107,7 +113,23 @@ def _bert(params: Mapping[str, Any], key: str) -> dict[str, Any]:
     }
 
 
-def _conditioner(model: Mapping[str, Any], first_stage: dict[str, Any], factor: int) -> dict[str, Any] | None:
+def _clip(cond: Mapping[str, Any], tokenizer: str | None, where: str) -> dict[str, Any]:
+    """Stable Diffusion v1's FrozenCLIPEmbedder: CLIP ViT-L/14's text tower (our clip_text's
+    defaults), 77 tokens, its tokenizer from the folder the import names."""
+    version = cond.get("version", "openai/clip-vit-large-patch14")
+    if version != "openai/clip-vit-large-patch14" or int(cond.get("max_length", 77)) != 77:
+        raise ConfigError(f"{where}.params: this code imports FrozenCLIPEmbedder with CLIP ViT-L/14 and 77 tokens")
+    if tokenizer is None:
+        raise ConfigError(
+            f"{where} is a FrozenCLIPEmbedder, whose tokenizer the checkpoint does not hold: give tokenizer, a folder "
+            "with CLIP ViT-L/14's vocab.json and merges.txt"
+        )
+    return {"name": "clip_text", "params": {"tokenizer": tokenizer, "max_length": 77}}
+
+
+def _conditioner(
+    model: Mapping[str, Any], first_stage: dict[str, Any], factor: int, tokenizer: str | None
+) -> dict[str, Any] | None:
     """Our conditioner spec for the config's ``cond_stage_config`` (none for an unconditional model)."""
     params = model.get("params", {})
     section = params.get("cond_stage_config")
@@ -127,6 +149,8 @@ def _conditioner(model: Mapping[str, Any], first_stage: dict[str, Any], factor: 
         return {"name": "class_label", "params": spec}
     if target == _ENCODERS + "BERTEmbedder":
         return _bert(cond, key)
+    if target == _ENCODERS + "FrozenCLIPEmbedder":
+        return _clip(cond, tokenizer, where)
     if target == _ENCODERS + "SpatialRescaler":
         if cond.get("method", "bilinear") != "bilinear" or float(cond.get("multiplier", 0.5)) != 0.5:
             raise ConfigError(
@@ -159,15 +183,16 @@ def _check_conditioning_key(params: Mapping[str, Any], conditioner: dict[str, An
         )
 
 
-def ldm_config(config: Mapping[str, Any], first_stage: dict[str, Any]) -> LdmConfig:
-    """Our specs for the LDM config ``config`` whose first stage is ``first_stage`` (our spec)."""
+def ldm_config(config: Mapping[str, Any], first_stage: dict[str, Any], tokenizer: str | None = None) -> LdmConfig:
+    """Our specs for the LDM config ``config`` whose first stage is ``first_stage`` (our spec);
+    ``tokenizer``: the folder of a CLIP text encoder's tokenizer, which a checkpoint does not hold."""
     model = config["model"]
     params = model.get("params", {})
     prediction = {"eps": "eps", "x0": "x0"}.get(params.get("parameterization", "eps"))
     if prediction is None:
         raise ConfigError(f"model.params.parameterization {params['parameterization']!r} is not eps or x0")
     factor = 2 ** (len(first_stage["params"]["ch_mult"]) - 1)
-    conditioner = _conditioner(model, first_stage, factor)
+    conditioner = _conditioner(model, first_stage, factor, tokenizer)
     _check_conditioning_key(params, conditioner)
     unet = unet_model(params.get("unet_config", {}), "model.params.unet_config", prediction)
     diffusion = {

@@ -42,8 +42,19 @@ class ImportCheckpointSpec(TaskSpec):
     original_config: Path | None = Field(
         None, description="The original YAML config released with a checkpoint file (none for a diffusers folder)."
     )
-    weights: Literal["ema", "raw"] = Field(
-        "ema", description="An LDM's UNet weights: its EMA (model_ema.*, what the original samples with) or raw ones."
+    weights: Literal["ema", "raw"] | None = Field(
+        None,
+        description=(
+            "An LDM's UNet weights: its EMA (model_ema.*, what the original samples with) or raw ones; none: as "
+            "original_config's use_ema says (the original's default: EMA; Stable Diffusion's files: raw)."
+        ),
+    )
+    tokenizer: Path | None = Field(
+        None,
+        description=(
+            "A Stable Diffusion v1 file's CLIP tokenizer, which the file does not hold: a folder with CLIP "
+            "ViT-L/14's vocab.json and merges.txt (a diffusers pipeline's tokenizer/)."
+        ),
     )
     take: Literal["all", "first_stage"] = Field(
         "all", description="From an LDM's checkpoint: everything, or only its first stage."
@@ -99,8 +110,10 @@ def _validated(spec_type: Any, value: Any, ctx: RunContext, path: Path, what: st
         raise UserError(f"{path} describes {what} ours cannot build ({exc})") from None
 
 
-def _ldm_parts(config: dict[str, Any], first: FirstStageSpec, ctx: RunContext, path: Path) -> dict[str, Any]:
-    ldm = ldm_config(config, first.model_dump(mode="json"))
+def _ldm_parts(
+    config: dict[str, Any], first: FirstStageSpec, ctx: RunContext, path: Path, tokenizer: Path | None
+) -> dict[str, Any]:
+    ldm = ldm_config(config, first.model_dump(mode="json"), str(tokenizer) if tokenizer else None)
     uses = [
         _validated(ConditionerUse, {**use, "drop_rate": 0.0}, ctx, path, "a conditioner") for use in ldm.conditioners
     ]
@@ -159,7 +172,10 @@ def resolve_import(spec: ImportCheckpointSpec, ctx: RunContext) -> ImportCheckpo
         config = read_config(path)
         found = first_stage_config(config)
         first = _validated(FirstStageSpec, found.model, ctx, path, "a first stage")
-        ldm = _ldm_parts(config, first, ctx, path) if found.prefix and spec.take == "all" else {}
+        ldm = _ldm_parts(config, first, ctx, path, spec.tokenizer) if found.prefix and spec.take == "all" else {}
+        if ldm and spec.weights is None:
+            use_ema = config["model"].get("params", {}).get("use_ema", True)
+            ldm["weights"] = "ema" if use_ema else "raw"
     except (ConfigError, KeyError) as exc:
         reason = f"has no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UserError(f"original_config: {path} {reason}") from None

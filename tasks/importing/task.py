@@ -29,9 +29,10 @@ from tasks.runs.checkpoint import Checkpoints, TrainingState
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
 
-UNUSED = ("loss.", "transformer.to_logits.")
+UNUSED = ("loss.", "transformer.to_logits.", "transformer.text_model.embeddings.position_ids")
 """Tensors of an original checkpoint's parts that no forward pass uses: a first stage's
-training losses (LPIPS, discriminator) and the BERT encoder's unused output projection."""
+training losses (LPIPS, discriminator), the BERT encoder's unused output projection and the
+position indices Stable Diffusion's files keep beside CLIP's weights."""
 
 
 def _part(tensors: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict[str, Tensor]:

@@ -71,11 +71,13 @@ def load_weights(path: Path, field: str) -> dict[str, Tensor]:
         raise UserError(f"{field}: {path} is not a readable safetensors file ({exc})") from None
 
 
-def write_pipeline(folder: Path, class_name: str, parts: dict[str, tuple[str, str]]) -> None:
+def write_pipeline(
+    folder: Path, class_name: str, parts: dict[str, tuple[str, str]], extra: dict[str, Any] | None = None
+) -> None:
     """``model_index.json`` of a pipeline ``class_name`` whose ``parts`` map each folder name
-    to its (library, class)."""
+    to its (library, class); ``extra``: the pipeline's other settings and absent parts."""
     index = {"_class_name": class_name, "_diffusers_version": FORMAT_VERSION}
-    index |= {name: [library, cls] for name, (library, cls) in parts.items()}
+    index |= {name: [library, cls] for name, (library, cls) in parts.items()} | (extra or {})
     (folder / PIPELINE).write_text(json.dumps(index, indent=2) + "\n")
 
 

@@ -1,10 +1,10 @@
 """Task ``export_checkpoint``: a run's models as a diffusers folder or in the original code's layout.
 
-Everything is converted in memory first, so a model that no diffusers class can express is
-refused, naming the param, before anything is written. An LDM's latent statistics (our
-per-channel mean and std) are folded into an ``AutoencoderKL``'s ``quant_conv`` and
-``post_quant_conv``, so the exported autoencoder's latents are the ones the UNet was trained
-on and ``scaling_factor`` is 1: diffusers' pipelines then sample exactly as ours do.
+Everything is converted in memory first, so a model the format cannot express is refused,
+naming the param, before anything is written. An LDM's latent statistics (our per-channel
+mean and std) are folded into a KL autoencoder's ``quant_conv`` and ``post_quant_conv``
+(:mod:`tasks.interchange.folding`), so the exported autoencoder's latents are the ones the
+UNet was trained on and the scale factor is 1: other tools then sample exactly as ours do.
 """
 
 from __future__ import annotations
@@ -13,26 +13,32 @@ import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from core import DiffusersModel, NotExpressible, UserError
 from core.original import to_pairs
 from tasks.interchange import diffusers_files as files
+from tasks.interchange.folding import fold_statistics, one_scale
+from tasks.interchange.original_yaml import first_stage_section, ldm_config
 from tasks.interchange.spec import ExportCheckpointSpec
-from tasks.ldm.generation import load_pipeline
+from tasks.ldm.generation import Pipeline, load_pipeline
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
 from tasks.runs.trained import holding, load_trained, run_spec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
+FORMATS = {"diffusers": "a diffusers folder", "original": "the original code's layout"}
 
 
 @dataclass
 class Export:
-    """What goes in the folder: each part's model and tensors, the scheduler's config, the
-    pipeline class (none when no diffusers pipeline holds every part) and why not."""
+    """What a diffusers folder holds: each part's model and tensors, the scheduler's config,
+    the pipeline class (none when no diffusers pipeline holds every part) and why not."""
 
     parts: dict[str, tuple[DiffusersModel, dict[str, Tensor]]] = field(default_factory=dict)
     scheduler: dict | None = None
@@ -40,47 +46,51 @@ class Export:
     notes: list[str] = field(default_factory=list)
 
 
+def _refused(spec: ExportCheckpointSpec, what: str, exc: NotExpressible) -> UserError:
+    return UserError(f"model.run {spec.model.run!r} cannot leave as {FORMATS[spec.format]}: its {what}: {exc}")
+
+
+def _paired(module: nn.Module, pairs: list, what: str, spec: ExportCheckpointSpec) -> dict[str, Tensor]:
+    """The tensors ``pairs`` name, refused if they leave out a parameter of the module (buffers
+    they leave out are training bookkeeping, such as a VQ codebook's use counts)."""
+    left = sorted({name for name, _ in module.named_parameters()} - {pair.ours for pair in pairs})
+    if left:
+        raise _refused(spec, what, NotExpressible(f"tensors {left[:3]} have no place there"))
+    return to_pairs(module, pairs)
+
+
 def _form(module: nn.Module, what: str, spec: ExportCheckpointSpec) -> DiffusersModel:
     try:
         return module.diffusers_model()
     except NotExpressible as exc:
-        raise UserError(f"model.run {spec.model.run!r} cannot leave as a diffusers folder: its {what}: {exc}") from None
+        raise _refused(spec, what, exc) from None
 
 
-def _fold_statistics(form: DiffusersModel, state: dict[str, Tensor], mean: Tensor, std: Tensor) -> DiffusersModel:
-    """Make an ``AutoencoderKL``'s latents (z - mean) / std: its moments (mean, log-variance)
-    through quant_conv are shifted and scaled, and post_quant_conv undoes it."""
-    z = len(mean)
-    mean, std = mean.double(), std.double()
-    eye = torch.eye(2 * z, dtype=torch.float64)[..., None, None]
-    weight = state.get("quant_conv.weight", eye).double()
-    bias = state.get("quant_conv.bias", torch.zeros(2 * z, dtype=torch.float64)).double()
-    scale = torch.cat([1 / std, torch.ones(z, dtype=torch.float64)])
-    shift = torch.cat([-mean / std, -2 * std.log()])
-    state["quant_conv.weight"] = (scale[:, None, None, None] * weight).float()
-    state["quant_conv.bias"] = (scale * bias + shift).float()
-    post_weight = state.get("post_quant_conv.weight", torch.eye(z, dtype=torch.float64)[..., None, None]).double()
-    post_bias = state.get("post_quant_conv.bias", torch.zeros(z, dtype=torch.float64)).double()
-    state["post_quant_conv.weight"] = (post_weight * std[None, :, None, None]).float()
-    state["post_quant_conv.bias"] = (post_bias + post_weight[..., 0, 0] @ mean).float()
-    config = {**form.config, "use_quant_conv": True, "use_post_quant_conv": True, "scaling_factor": 1.0}
-    return replace(form, config=config)
+def _name(module: nn.Module, kind: str, ctx: RunContext) -> str:
+    return next(entry.name for entry in ctx.registry.entries(kind) if entry.cls is type(module))
 
 
-def _first_stage(first_stage: nn.Module, mean: Tensor, std: Tensor, side: int, spec: ExportCheckpointSpec):
-    """The first stage's part, its latents normalised by ``mean`` and ``std``."""
-    form = _form(first_stage, "first stage", spec)
-    state = to_pairs(first_stage, form.pairs)
+def _latents(state: dict[str, Tensor], space: Any, kl: bool, spec: ExportCheckpointSpec) -> float:
+    """Fold the latent statistics into a KL autoencoder's ``state``; the scale factor left
+    (another first stage's latents, quantised, take the statistics as one scale or not at all)."""
+    if kl:
+        fold_statistics(state, space.mean, space.std)
+        return 1.0
+    try:
+        return one_scale(space.mean, space.std, "first stage")
+    except NotExpressible as exc:
+        raise _refused(spec, "first stage", exc) from None
+
+
+def _vae(pipe: Pipeline, spec: ExportCheckpointSpec) -> tuple[DiffusersModel, dict[str, Tensor]]:
+    """The first stage's diffusers part, its latents normalised as the UNet sees them."""
+    form = _form(pipe.space.first_stage, "first stage", spec)
+    state = _paired(pipe.space.first_stage, form.pairs, "first stage", spec)
+    scale = _latents(state, pipe.space, form.class_name == "AutoencoderKL", spec)
+    config = {**form.config, "scaling_factor": scale, "sample_size": pipe.image_size[0]}
     if form.class_name == "AutoencoderKL":
-        form = _fold_statistics(form, state, mean.flatten(), std.flatten())
-    elif mean.abs().max() > 1e-6 or (std.max() - std.min()) > 1e-6 * std.max():
-        raise UserError(
-            f"model.run {spec.model.run!r} cannot leave as a diffusers folder: its {form.class_name}'s latents are "
-            "normalised per channel (mean and std), which diffusers' one scaling_factor cannot express"
-        )
-    else:
-        form = replace(form, config={**form.config, "scaling_factor": float(1 / std.flatten()[0])})
-    return replace(form, config={**form.config, "sample_size": side}), state
+        config |= {"use_quant_conv": True, "use_post_quant_conv": True}
+    return replace(form, config=config), state
 
 
 def _pipeline(export: Export, unet: str, vae: str, conditioners: list[str]) -> None:
@@ -96,35 +106,30 @@ def _pipeline(export: Export, unet: str, vae: str, conditioners: list[str]) -> N
         )
 
 
-def _ldm(spec: ExportCheckpointSpec, ctx: RunContext) -> tuple[Export, list[Path]]:
-    pipeline = load_pipeline(spec.model, ctx, "model")
-    ldm_spec = holding(spec.model, ctx, "model", "ldm")
-    denoiser = pipeline.ldm.denoiser
-    export = Export()
+def _diffusers_ldm(pipe: Pipeline, ldm_spec: Any, spec: ExportCheckpointSpec) -> Export:
+    denoiser, export = pipe.ldm.denoiser, Export()
     unet = _form(denoiser, "denoiser", spec)
-    latent_side = pipeline.latent_shape[1] if pipeline.latent_shape[1] == pipeline.latent_shape[2] else None
-    unet = replace(unet, config={**unet.config, "sample_size": latent_side or list(pipeline.latent_shape[1:])})
-    space = pipeline.space
-    vae, vae_state = _first_stage(space.first_stage, space.mean, space.std, pipeline.image_size[0], spec)
+    side = pipe.latent_shape[1] if pipe.latent_shape[1] == pipe.latent_shape[2] else list(pipe.latent_shape[1:])
+    unet = replace(unet, config={**unet.config, "sample_size": side})
+    vae, vae_state = _vae(pipe, spec)
     export.parts["vae" if vae.class_name == "AutoencoderKL" else "vqvae"] = (vae, vae_state)
-    export.parts["unet"] = (unet, to_pairs(denoiser, unet.pairs))
+    export.parts["unet"] = (unet, _paired(denoiser, unet.pairs, "denoiser", spec))
     classes = []
-    for conditioner in pipeline.ldm.conditioners:
+    for conditioner in pipe.ldm.conditioners:
         try:
             form = conditioner.diffusers_model()
         except NotExpressible as exc:
             export.notes.append(f"conditioner {type(conditioner).__name__} not exported: {exc}")
             classes.append(type(conditioner).__name__)
             continue
-        export.parts["text_encoder"] = (form, to_pairs(conditioner, form.pairs))
+        export.parts["text_encoder"] = (form, _paired(conditioner, form.pairs, "conditioner", spec))
         classes.append(form.class_name)
     export.scheduler = files.scheduler_config(ldm_spec.diffusion, denoiser.params.prediction)
     _pipeline(export, unet.class_name, vae.class_name, classes)
-    return export, list(pipeline.reads)
+    return export
 
 
-def _first_stage_only(spec: ExportCheckpointSpec, ctx: RunContext) -> tuple[Export, list[Path]]:
-    trained = load_trained(spec.model, ctx, "model", None, "first_stage")
+def _diffusers_first_stage(trained: Any, spec: ExportCheckpointSpec) -> Export:
     channels = trained.spec.model.cls.latent_shape(trained.spec.model.params).channels
     mean = trained.extra.get("latent_mean", torch.zeros(channels))
     std = trained.extra.get("latent_std", torch.ones(channels))
@@ -133,8 +138,8 @@ def _first_stage_only(spec: ExportCheckpointSpec, ctx: RunContext) -> tuple[Expo
     config = {**form.config, "scaling_factor": float(1 / std.mean())}
     if form.class_name == "AutoencoderKL":
         config |= {"latents_mean": mean.tolist(), "latents_std": std.tolist()}
-    export = Export(parts={"": (replace(form, config=config), to_pairs(trained.module, form.pairs))})
-    return export, [trained.checkpoint]
+    state = _paired(trained.module, form.pairs, "first stage", spec)
+    return Export(parts={"": (replace(form, config=config), state)})
 
 
 def _write_diffusers(export: Export, folder: Path, dtype: torch.dtype) -> None:
@@ -147,27 +152,82 @@ def _write_diffusers(export: Export, folder: Path, dtype: torch.dtype) -> None:
         return
     parts = {name: (form.library, form.class_name) for name, (form, _) in export.parts.items()}
     parts["scheduler"] = ("diffusers", "DDIMScheduler")
+    extra: dict[str, Any] = {}
     if export.pipeline == "StableDiffusionPipeline":
         parts["tokenizer"] = ("transformers", "CLIPTokenizer")
-    files.write_pipeline(folder, export.pipeline, parts)
-    if export.pipeline == "StableDiffusionPipeline":
-        index = json.loads((folder / files.PIPELINE).read_text())
-        index |= {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
-        (folder / files.PIPELINE).write_text(json.dumps(index, indent=2) + "\n")
+        extra = {"safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    files.write_pipeline(folder, export.pipeline, parts, extra)
+
+
+def _original(module: nn.Module, prefix: str, what: str, spec: ExportCheckpointSpec) -> dict[str, Tensor]:
+    return {prefix + key: value for key, value in _paired(module, module.original_names(), what, spec).items()}
+
+
+def _original_ldm(pipe: Pipeline, ldm_spec: Any, spec: ExportCheckpointSpec, ctx: RunContext) -> tuple[dict, dict]:
+    """(tensors under the original's names, its YAML as data) of an LDM run."""
+    first, denoiser = pipe.space.first_stage, pipe.ldm.denoiser
+    folded = _original(first, "", "first stage", spec)
+    kl = getattr(getattr(first.params, "regularizer", None), "name", None) == "kl"
+    scale = _latents(folded, pipe.space, kl, spec)
+    state = {f"first_stage_model.{key}": value for key, value in folded.items()}
+    state |= _original(denoiser, "model.diffusion_model.", "denoiser", spec)
+    for conditioner in pipe.ldm.conditioners:
+        state |= _original(conditioner, "cond_stage_model.", "conditioner", spec)
+    parts = {
+        "first_stage": (_name(first, "first_stage", ctx), first.params),
+        "denoiser": (_name(denoiser, "denoiser", ctx), denoiser.params),
+        "conditioners": [(_name(c, "conditioner", ctx), c.params) for c in pipe.ldm.conditioners],
+    }
+    try:
+        config = ldm_config(parts, ldm_spec.diffusion, (pipe.latent_shape[1], pipe.image_size[0]), scale)
+    except NotExpressible as exc:
+        raise _refused(spec, "model", exc) from None
+    return state, config
+
+
+def _original_first_stage(trained: Any, spec: ExportCheckpointSpec) -> tuple[dict, dict]:
+    module = trained.module
+    side = trained.spec.image_size()[0] if trained.spec.image_size() else 256
+    try:
+        section = first_stage_section(trained.spec.model.name, module.params, side)
+    except NotExpressible as exc:
+        raise _refused(spec, "first stage", exc) from None
+    return _original(module, "", "first stage", spec), {"model": section}
+
+
+def _convert(spec: ExportCheckpointSpec, ctx: RunContext) -> tuple[Any, list[Path]]:
+    """What the run becomes in the spec's format, and the checkpoints it was read from."""
+    source = run_spec(spec.model, ctx, "model")
+    held = getattr(source, "trained_components", dict)()
+    if "ldm" in held:
+        pipe, ldm_spec = load_pipeline(spec.model, ctx, "model"), holding(spec.model, ctx, "model", "ldm")
+        if spec.format == "diffusers":
+            return _diffusers_ldm(pipe, ldm_spec, spec), list(pipe.reads)
+        return _original_ldm(pipe, ldm_spec, spec, ctx), list(pipe.reads)
+    if "first_stage" in held:
+        trained = load_trained(spec.model, ctx, "model", None, "first_stage")
+        convert = _diffusers_first_stage if spec.format == "diffusers" else _original_first_stage
+        return convert(trained, spec), [trained.checkpoint]
+    raise UserError(f"model.run: {spec.model.run!r} is a {source.task} run, which holds no model to export")
 
 
 def run(spec: ExportCheckpointSpec, ctx: RunContext) -> None:
     """Convert the run's models (refusing what the format cannot express), then write them."""
     checked = OneShotRun.check(spec, ctx)
     spec = checked.spec
-    source = run_spec(spec.model, ctx, "model")
-    held = getattr(source, "trained_components", dict)()
-    if "ldm" not in held and "first_stage" not in held:
-        raise UserError(f"model.run: {spec.model.run!r} is a {source.task} run, which holds no model to export")
-    export, reads = _ldm(spec, ctx) if "ldm" in held else _first_stage_only(spec, ctx)
+    made, reads = _convert(spec, ctx)
     root = checked.open(ctx, reads)
-    partial = root / "diffusers.partial"
-    _write_diffusers(export, partial, DTYPES[spec.dtype])
-    shutil.move(partial, root / "diffusers")
-    summary = {"folder": str(root / "diffusers"), "pipeline": export.pipeline, "parts": sorted(export.parts)}
-    print(json.dumps({**summary, "notes": export.notes}), file=ctx.out)
+    dtype = DTYPES[spec.dtype]
+    if spec.format == "diffusers":
+        partial = root / "diffusers.partial"
+        _write_diffusers(made, partial, dtype)
+        shutil.move(partial, root / "diffusers")
+        summary = {"folder": str(root / "diffusers"), "pipeline": made.pipeline, "parts": sorted(made.parts)}
+        print(json.dumps({**summary, "notes": made.notes}), file=ctx.out)
+        return
+    state, config = made
+    tensors = {key: value.detach().to(dtype).contiguous() for key, value in state.items()}
+    save_file(tensors, str(root / "model.safetensors.partial"), metadata={"format": "pt"})
+    (root / "model.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "model.safetensors.partial").rename(root / "model.safetensors")
+    print(json.dumps({"checkpoint": str(root / "model.safetensors"), "config": str(root / "model.yaml")}), file=ctx.out)
