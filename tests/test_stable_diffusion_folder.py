@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from core.diffusion import NoiseSchedule, beta_schedule
 from tasks.api import load
@@ -118,3 +118,66 @@ def test_an_exported_sd_run_loads_as_a_stable_diffusion_pipeline(cli, imported, 
         images = ours.space.first_stage.decode(expected * ours.space.std + ours.space.mean)
         decoded = again.vae.decode(expected / again.vae.config.scaling_factor).sample
     assert images.abs().max() > 1 and (decoded - images).abs().max() <= 1e-4 * images.abs().max()
+
+
+def vit_l_pipeline(folder):
+    """The tiny SD-like pipeline with Stable Diffusion v1's text encoder at full size (CLIP
+    ViT-L/14's text tower, random weights) and 32 groups in every norm, as the original code
+    has them: what a Stable Diffusion v1 file can hold."""
+    small = sd_pipeline(folder)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=16,
+    )
+    torch.manual_seed(4)
+    vit_l = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**vit_l, bos_token_id=49406, eos_token_id=49407)).eval()
+    return StableDiffusionPipeline(
+        vae=randomized(vae, 5),
+        text_encoder=text_encoder,
+        tokenizer=small.tokenizer,
+        unet=randomized(unet, 6),
+        scheduler=small.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_stable_diffusion_v1_file_imports_with_its_yaml_and_a_tokenizer(cli, tmp_path):
+    """diffusers folder -> our run -> a v1 file and YAML (FrozenCLIPEmbedder) -> our run again,
+    which samples diffusers' latents; the file lacks the tokenizer, so the import names it."""
+    pipe = vit_l_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "sd")
+    (tmp_path / "import.json").write_text(json.dumps(spec("import_checkpoint", "sd", checkpoint="sd")))
+    code, _, err = cli("import.json")
+    assert code == 0, err
+    (tmp_path / "export.json").write_text(
+        json.dumps(spec("export_checkpoint", "file", model={"run": "sd"}, format="original"))
+    )
+    code, _, err = cli("export.json")
+    assert code == 0, err
+    file = {"checkpoint": "runs/file/model.safetensors", "original_config": "runs/file/model.yaml"}
+    (tmp_path / "v1.json").write_text(json.dumps(spec("import_checkpoint", "v1", **file)))
+    code, _, err = cli("v1.json")
+    assert code == 2 and "is a FrozenCLIPEmbedder, whose tokenizer the checkpoint does not hold" in err
+    (tmp_path / "v1.json").write_text(json.dumps(spec("import_checkpoint", "v1", **file, tokenizer="sd/tokenizer")))
+    code, _, err = cli("v1.json")
+    assert code == 0, err
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = diffusers_latents(pipe, noise)
+    got = our_latents("v1", noise, tmp_path)
+    assert (got - expected).abs().max() <= TOLERANCE * expected.abs().max()
