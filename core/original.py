@@ -69,7 +69,8 @@ def from_pairs(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tens
         missing = [key for key in pair.originals if key not in state]
         if missing:
             raise KeyError(missing[0])
-        stacked = torch.cat([state[key] for key in pair.originals])
+        parts = [state[key] for key in pair.originals]
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
         target = ours[pair.ours]
         if _trimmed(stacked.shape) != _trimmed(target.shape):
             raise ValueError(
@@ -85,7 +86,8 @@ def from_pairs(model: nn.Module, pairs: Iterable[Pair], state: Mapping[str, Tens
 
 def to_pairs(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
     """``model``'s tensors that ``pairs`` name, under the other code's names and layouts (a
-    pair's ``ndim`` reshapes a weight to the other code's dims)."""
+    pair's ``ndim`` reshapes a weight to the other code's dims); views of the model's own
+    tensors where no regrouping was needed, so no copy is made: clone before changing them."""
     ours = model.state_dict()
     state = {}
     for pair in pairs:
@@ -95,7 +97,7 @@ def to_pairs(model: nn.Module, pairs: Iterable[Pair]) -> dict[str, Tensor]:
         for key, part in zip(pair.originals, tensor.chunk(len(pair.originals)), strict=True):
             if pair.ndim is not None:
                 part = part.reshape(*_trimmed(part.shape), *[1] * (pair.ndim - len(_trimmed(part.shape))))
-            state[key] = part.clone()
+            state[key] = part
     return state
 
 

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from torch import Tensor, nn
+
+from plugins.weight_files import header_shapes, shape_problems
 
 IGNORED_KEYS = ("embeddings.position_ids", "pooler.")
 """Checkpoint entries this encoder does not use: a constant index buffer and the pooler."""
@@ -173,22 +175,9 @@ def check_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
     """A ValueError naming ``path`` unless it is safetensors holding exactly ``expected``
     (besides :data:`IGNORED_KEYS`), listing the missing, unexpected and wrong-shaped entries.
     Reads the file's header only."""
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            found = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys() if not k.startswith(IGNORED_KEYS)}
-    except (OSError, SafetensorError) as exc:
-        raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [
-        f"{k} {found[k]} (expected {expected[k]})" for k in sorted(found) if k in expected and found[k] != expected[k]
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if items
-    ]
+    found = {key: shape for key, shape in header_shapes(path).items() if not key.startswith(IGNORED_KEYS)}
+    problems = shape_problems(found, expected)
     if problems:
         raise ValueError(
-            f"{path} does not fit its config.json ({'; '.join(problems)}); "
-            "give the folder that holds both files of one BERT model"
+            f"{path} does not fit its config.json ({problems}); give the folder that holds both files of one BERT model"
         )

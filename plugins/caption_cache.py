@@ -7,7 +7,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from core import Params
+
+
+class CaptionParams(Params):
+    """The params every frozen text encoder has: where the caption is, and how many captions'
+    states to keep."""
+
+    field: str = Field("caption", description="The example field holding the caption.")
+    cache_size: int = Field(
+        4096,
+        ge=0,
+        description=(
+            "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
+            "(about max_length x width x 4 bytes each); 0: none."
+        ),
+    )
 
 
 class CaptionCache:

@@ -16,10 +16,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationError, model_validator
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from core.original import Pair, from_original, module_pairs
+from plugins.weight_files import header_shapes, shape_problems
 
 TEXT_PREFIX = "text_model."
 """Where the text tower's entries are in a Hugging Face checkpoint (a ``CLIPModel``'s, or a
@@ -190,30 +191,17 @@ def check_weights(path: Path, config: ClipTextConfig) -> str:
     describes (``"text_model."`` or ``""``); else a ValueError naming ``path`` and the first missing,
     unexpected and wrong-shaped entries. Other towers and projections are ignored; reads the
     file's header only."""
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            shapes = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
-    except (OSError, SafetensorError) as exc:
-        raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
+    shapes = header_shapes(path)
     prefix = TEXT_PREFIX if any(key.startswith(TEXT_PREFIX) for key in shapes) else ""
     found = {
         key[len(prefix) :]: shape
         for key, shape in shapes.items()
         if key.startswith(prefix) and key[len(prefix) :].startswith(TEXT_PARTS) and key != prefix + IGNORED
     }
-    expected = expected_shapes(config)
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [
-        f"{k} {found[k]} (expected {expected[k]})" for k in sorted(found) if k in expected and found[k] != expected[k]
-    ]
-    problems = [
-        f"{label}: {', '.join(prefix + item for item in items[:3])}{' ...' if len(items) > 3 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-        if items
-    ]
+    problems = shape_problems(found, expected_shapes(config), prefix)
     if problems:
         raise ValueError(
-            f"{path} does not hold the CLIP text tower its config.json describes ({'; '.join(problems)}); "
+            f"{path} does not hold the CLIP text tower its config.json describes ({problems}); "
             "give the folder that holds both files of one CLIP text encoder"
         )
     return prefix

@@ -19,10 +19,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
 
-from core import Conditioner, Conditioning, ConditioningShape, DiffusersModel, Params
+from core import Conditioner, Conditioning, ConditioningShape, DiffusersModel
 from core.original import Pair
 from plugins.bpe import END, START, check_folder, clip_tokenizer, encode, pad_token, tokenizer_files
-from plugins.caption_cache import CaptionCache
+from plugins.caption_cache import CaptionCache, CaptionParams
 from plugins.clip import ClipText, ClipTextConfig, check_weights, clip_pairs
 from plugins.wordpiece import check_texts
 
@@ -64,7 +64,7 @@ class ClipTextEncoder(Conditioner):
 
     trainable_by_default: ClassVar[bool] = False
 
-    class Params(Params):
+    class Params(CaptionParams):
         path: Path | None = Field(
             None,
             description=(
@@ -93,15 +93,6 @@ class ClipTextEncoder(Conditioner):
         norm_eps: PositiveFloat = Field(1e-5, description="LayerNorm epsilon; from path's config.json if given.")
         max_length: int = Field(
             77, ge=2, description="Tokens per caption with the start and end tokens (at most max_positions)."
-        )
-        field: str = Field("caption", description="The example field holding the caption.")
-        cache_size: int = Field(
-            4096,
-            ge=0,
-            description=(
-                "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
-                "(about max_length x width x 4 bytes each); 0: none."
-            ),
         )
 
         @model_validator(mode="before")

@@ -16,9 +16,9 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import Tensor
 
-from core import Conditioner, Conditioning, ConditioningShape, Params
+from core import Conditioner, Conditioning, ConditioningShape
 from plugins.bert import Bert, BertConfig, check_weights, expected_shapes
-from plugins.caption_cache import CaptionCache
+from plugins.caption_cache import CaptionCache, CaptionParams
 from plugins.wordpiece import check_texts, encode, fixed_length, load_tokenizer, minilm_dir
 
 MINILM = "all-minilm-l6-v2"
@@ -46,7 +46,7 @@ class FrozenTextEncoder(Conditioner):
 
     trainable_by_default: ClassVar[bool] = False
 
-    class Params(Params):
+    class Params(CaptionParams):
         path: Literal["all-minilm-l6-v2"] | Path = Field(
             MINILM,
             description=(
@@ -56,15 +56,6 @@ class FrozenTextEncoder(Conditioner):
         )
         max_length: PositiveInt = Field(
             32, ge=3, description="Tokens per caption with [CLS] and [SEP]; longer ones are cut."
-        )
-        field: str = Field("caption", description="The example field holding the caption.")
-        cache_size: int = Field(
-            4096,
-            ge=0,
-            description=(
-                "Captions whose states are kept while the encoder is frozen, so a repeated caption is encoded once "
-                "(about max_length x width x 4 bytes each); 0: none."
-            ),
         )
 
         @field_validator("path")

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tasks.api import load
+from tests.test_import_ldm import write as write_original_ldm
 
 SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0195}
 
@@ -127,7 +130,7 @@ def test_a_folder_that_is_no_diffusers_model_is_one_sentence(cli, tmp_path):
     assert not (tmp_path / "runs" / "x").exists()
 
 
-def test_an_autoencoder_folder_alone_is_a_latent_space(cli, tmp_path):
+def test_an_autoencoder_folder_alone_is_a_latent_space_and_leaves_again(cli, tmp_path):
     vae = randomized(
         AutoencoderKL(
             block_out_channels=(8, 16),
@@ -143,3 +146,28 @@ def test_an_autoencoder_folder_alone_is_a_latent_space(cli, tmp_path):
     code, out, err = cli(write(tmp_path, "import.json", spec("import_checkpoint", "vae", checkpoint="vae")))
     assert code == 0, err
     assert json.loads(out.splitlines()[-1])["scale_factor"] == pytest.approx(0.25)
+    export = spec("export_checkpoint", "half", model={"run": "vae"}, dtype="float16")
+    code, _, err = cli(write(tmp_path, "export.json", export))
+    assert code == 0, err
+    folder = tmp_path / "runs" / "half" / "diffusers"
+    with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"F16"}
+    again = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    assert again.config.scaling_factor == pytest.approx(0.25) and again.config.latents_std == [4.0] * 4
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = vae.decode(z).sample
+        assert (again.decode(z).sample - expected).abs().max() <= 2e-3 * expected.abs().max()  # float16 weights
+
+
+def test_a_file_of_another_layout_is_named(cli, tmp_path):
+    """An SDXL file given with an SD v1-style config: refused, saying what it looks like."""
+    write_original_ldm(tmp_path)
+    save_file(
+        {"conditioner.embedders.0.weight": torch.zeros(2), "model.diffusion_model.x": torch.zeros(2)},
+        str(tmp_path / "xl.safetensors"),
+    )
+    fields = {"checkpoint": "xl.safetensors", "original_config": "config.yaml"}
+    code, _, err = cli(write(tmp_path, "xl.json", spec("import_checkpoint", "xl", **fields)))
+    assert code == 2
+    assert "has no tensors under 'first_stage_model.' (its names look like an SDXL checkpoint)" in err

@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from core import Conditioning
 from core.diffusion import NoiseSchedule, beta_schedule
 from tasks.api import load
 from tasks.ldm.generation import generate
@@ -114,7 +115,10 @@ def test_an_exported_sd_run_loads_as_a_stable_diffusion_pipeline(cli, imported, 
     got = diffusers_latents(again, noise)
     assert (got - expected).abs().max() <= TOLERANCE * expected.abs().max()
     ours = load("sd", runs_dir=tmp_path / "runs")
+    t, context = torch.tensor([5, 800]), torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
+        eps = ours.ldm.denoiser(expected, t, Conditioning(context=context))
+        assert (again.unet(expected, t, context).sample - eps).abs().max() <= 1e-4 * eps.abs().max()
         images = ours.space.first_stage.decode(expected * ours.space.std + ours.space.mean)
         decoded = again.vae.decode(expected / again.vae.config.scaling_factor).sample
     assert images.abs().max() > 1 and (decoded - images).abs().max() <= 1e-4 * images.abs().max()

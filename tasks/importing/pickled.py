@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+
+from tasks.interchange.tensor_files import SafetensorsFile
 
 STAND_INS = (
     "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
@@ -73,15 +76,18 @@ def _load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)  # the legacy format
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint file by name: a ``.safetensors`` file's, or a pickled
+def read_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
+    """Every tensor of a checkpoint file by name: a ``.safetensors`` file's (read on access), or a pickled
     checkpoint's ``state_dict`` (Lightning's) or its top-level dict of tensors.
 
     Raises ``ValueError`` (one sentence naming the file) for a file that is not a checkpoint,
     names something outside the stand-ins, or holds no tensors.
     """
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return SafetensorsFile(path)
+        except SafetensorError as exc:
+            raise ValueError(f"{path} is not a safetensors file ({exc})") from None
     try:
         loaded = _load(path)
     except pickle.UnpicklingError as exc:

@@ -14,6 +14,7 @@ stands for (mean 0, std 1 / scale_factor).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -21,10 +22,12 @@ from torch import Tensor, nn
 
 from core import UserError, original
 from tasks.importing import diffusers_folder
+from tasks.importing.layouts import nearest_layout
 from tasks.importing.original_config import first_stage_config, read_config, scale_factor
 from tasks.importing.pickled import read_checkpoint
 from tasks.importing.spec import ImportCheckpointSpec, resolve_import
 from tasks.interchange.diffusers_files import read_model
+from tasks.interchange.tensor_files import Renamed
 from tasks.runs.checkpoint import Checkpoints, TrainingState
 from tasks.runs.context import RunContext
 from tasks.runs.oneshot import OneShotRun
@@ -35,14 +38,15 @@ training losses (LPIPS, discriminator), the BERT encoder's unused output project
 position indices Stable Diffusion's files keep beside CLIP's weights."""
 
 
-def _part(tensors: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> dict[str, Tensor]:
-    part = {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
-    if not part:
+def _part(tensors: Mapping[str, Tensor], prefix: str, spec: ImportCheckpointSpec) -> Mapping[str, Tensor]:
+    """The tensors under ``prefix``, without it (a view: none is read yet), less :data:`UNUSED`."""
+    names = {key.removeprefix(prefix): key for key in tensors if key.startswith(prefix)}
+    if not names:
         raise UserError(
-            f"checkpoint: {spec.checkpoint} has no tensors under {prefix!r}; give the checkpoint released with "
-            f"{spec.original_config}"
+            f"checkpoint: {spec.checkpoint} has no tensors under {prefix!r} (its names look like "
+            f"{nearest_layout(tensors)[0]}); give the checkpoint released with {spec.original_config}"
         )
-    return {key: value for key, value in part.items() if not key.startswith(UNUSED)}
+    return Renamed(tensors, {name: key for name, key in names.items() if not name.startswith(UNUSED)})
 
 
 def _some(keys: list[str], prefix: str) -> str:
@@ -52,7 +56,7 @@ def _some(keys: list[str], prefix: str) -> str:
 
 
 def _converted(
-    model: nn.Module, part: dict[str, Tensor], prefix: str, spec: ImportCheckpointSpec, pairs: list | None = None
+    model: nn.Module, part: Mapping[str, Tensor], prefix: str, spec: ImportCheckpointSpec, pairs: list | None = None
 ) -> dict:
     """``model``'s state dict from ``part`` (the other code's names, through ``pairs``: by
     default its original names), refused unless every tensor of ``part`` is used and none is
@@ -65,8 +69,8 @@ def _converted(
         what = f"lacks tensors {source} calls for ({_some(missing, prefix)})" if missing else ""
         extra = f"holds tensors {source} does not call for ({_some(unused, prefix)})" if unused else ""
         raise UserError(
-            f"checkpoint: {spec.checkpoint} {' and '.join(filter(None, [what, extra]))}; give the config released "
-            "with this checkpoint"
+            f"checkpoint: {spec.checkpoint} {' and '.join(filter(None, [what, extra]))}; its names look like "
+            f"{nearest_layout(prefix + key for key in part)[0]}: give the config released with this checkpoint"
         )
     try:
         return original.from_pairs(model, pairs, part)
@@ -74,7 +78,7 @@ def _converted(
         raise UserError(f"checkpoint: {spec.checkpoint}: {exc}; give the config released with it") from None
 
 
-def _ema_part(names: list[str], tensors: dict[str, Tensor], spec: ImportCheckpointSpec) -> dict[str, Tensor]:
+def _ema_part(names: list[str], tensors: Mapping[str, Tensor], spec: ImportCheckpointSpec) -> Mapping[str, Tensor]:
     # The original's EMA buffer of a UNet weight is its name under the diffusion wrapper with
     # every dot removed; built forwards from the names, since removing dots cannot be undone.
     keys = {name: "model_ema." + f"diffusion_model.{name}".replace(".", "") for name in names}
@@ -90,10 +94,10 @@ def _ema_part(names: list[str], tensors: dict[str, Tensor], spec: ImportCheckpoi
         raise UserError(
             f"checkpoint: {spec.checkpoint} has no {missing[0]}, the EMA of a UNet weight; set weights 'raw'"
         )
-    return {name: tensors[key] for name, key in keys.items()}
+    return Renamed(tensors, keys)
 
 
-def _check_schedule(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> None:
+def _check_schedule(spec: ImportCheckpointSpec, tensors: Mapping[str, Tensor]) -> None:
     stored = tensors.get("betas")
     if stored is None:
         return
@@ -107,7 +111,7 @@ def _check_schedule(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> N
         )
 
 
-def _ldm_weights(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+def _ldm_weights(spec: ImportCheckpointSpec, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The ``ldm`` model's state dict (denoiser, then each conditioner) from the checkpoint."""
     ldm = spec.build()
     if spec.weights == "ema":
@@ -124,7 +128,7 @@ def _ldm_weights(spec: ImportCheckpointSpec, tensors: dict[str, Tensor]) -> dict
     return state
 
 
-def _scale(spec: ImportCheckpointSpec, config: dict, tensors: dict[str, Tensor]) -> float:
+def _scale(spec: ImportCheckpointSpec, config: dict, tensors: Mapping[str, Tensor]) -> float:
     if spec.scale_factor is not None:
         return spec.scale_factor
     given = scale_factor(config)
@@ -134,7 +138,7 @@ def _scale(spec: ImportCheckpointSpec, config: dict, tensors: dict[str, Tensor])
     return float(stored) if stored is not None else 1.0
 
 
-def _read(path: Path) -> dict[str, Tensor]:
+def _read(path: Path) -> Mapping[str, Tensor]:
     try:
         return read_checkpoint(path)
     except ValueError as exc:

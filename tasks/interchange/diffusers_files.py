@@ -7,15 +7,17 @@ and ``diffusion_pytorch_model.safetensors``; a pipeline folder holds model folde
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from core import DiffusersModel, UserError
+from tasks.interchange.tensor_files import SafetensorsFile
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_OF = {"diffusers": WEIGHTS, "transformers": "model.safetensors"}
@@ -44,7 +46,7 @@ def write_model(folder: Path, model: DiffusersModel, state: dict[str, Tensor], d
         target.write_bytes(content.read_bytes() if isinstance(content, Path) else content.encode())
 
 
-def read_model(folder: Path, field: str) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+def read_model(folder: Path, field: str) -> tuple[str, dict[str, Any], Mapping[str, Tensor]]:
     """(class name, config, tensors) of the diffusers model folder ``folder``; a
     :class:`UserError` naming ``field`` if it is not one."""
     config_file, weights = folder / CONFIG, folder / WEIGHTS
@@ -63,10 +65,11 @@ def read_model(folder: Path, field: str) -> tuple[str, dict[str, Any], dict[str,
     return config["_class_name"], config, load_weights(weights, field)
 
 
-def load_weights(path: Path, field: str) -> dict[str, Tensor]:
-    """The tensors of the safetensors file ``path``; a :class:`UserError` naming ``field`` if unreadable."""
+def load_weights(path: Path, field: str) -> Mapping[str, Tensor]:
+    """The tensors of the safetensors file ``path``, read on access; a :class:`UserError`
+    naming ``field`` if it is not one."""
     try:
-        return load_file(str(path))
+        return SafetensorsFile(path)
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{field}: {path} is not a readable safetensors file ({exc})") from None
 
