@@ -194,6 +194,8 @@ def test_sample_writes_images_grid_and_a_manifest_that_regenerates_any_image(run
         "steps": 6,
         "spacing": "logsnr",
         "guidance": 3.0,
+        "precision": "fp32",
+        "compile": False,
         "seed": 103,
     }
     assert Image.open(out / "grid.png").size == (2 * 8, 3 * 8)

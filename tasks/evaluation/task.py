@@ -182,7 +182,7 @@ def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: Any, data: Any) ->
     sampling = spec.sampling or trained.sampling
     pipe.check(sampling)
     metrics, tables, grid = _measure_ldm(spec, ctx, pipe, sampling, data)
-    report = {"checkpoint": pipe.checkpoint.name, "step": pipe.step, **sampling.record(), "seed": spec.seed}
+    report = {"checkpoint": pipe.checkpoint.name, "step": pipe.step, **sampling.record(pipe.device), "seed": spec.seed}
     report.update(metrics=metrics, tables=tables)
     return report, list(pipe.reads), grid
 

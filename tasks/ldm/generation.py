@@ -26,6 +26,7 @@ from core.sampling import Generators, denoiser, sample, sigmas
 from core.validation import problems
 from tasks.autoencoder.latent_space import LatentSpace, load_latent_space
 from tasks.ldm.model import LatentDiffusion
+from tasks.ldm.precision import network, resolve_precision
 from tasks.ldm.specs import SamplingSpec, too_many_steps
 from tasks.runs.context import RunContext
 from tasks.runs.spec import RunRef
@@ -45,11 +46,12 @@ def generate(
     """Normalised latents (B, c, h, w) sampled from standard-normal ``noise`` of that shape.
 
     ``conditions`` holds the example fields the conditioners read, batched (B); guidance,
-    sampler, steps and spacing come from ``sampling``; ``start`` the latents to start from
+    sampler, steps, spacing, precision and compilation come from ``sampling``; ``start`` the latents to start from
     (img2img) and the cells to keep (inpainting by replacement), see :func:`core.sampling.sample`.
     """
     cond, uncond = ldm.guidance_pair(conditions)
-    model = guided(ldm.denoiser, cond.to(noise.device), uncond.to(noise.device), sampling.guidance)
+    net = network(ldm.denoiser, resolve_precision(sampling.precision, noise.device), sampling.compile)
+    model = guided(net, cond.to(noise.device), uncond.to(noise.device), sampling.guidance)
     sampler = sampling.sampler.build()
     levels = sigmas(schedule, sampling.steps, sampling.spacing or sampler.spacing)
     fn = denoiser(model, schedule, ldm.prediction)
@@ -142,10 +144,17 @@ class Pipeline:
         return spec
 
     def check(self, sampling: SamplingSpec, field: str = "sampling.steps") -> None:
-        """Raise :class:`UserError` if ``sampling`` asks for more steps than the model's schedule has."""
+        """Raise :class:`UserError` if ``sampling`` asks for more steps than the model's schedule
+        has, or for a precision this pipeline's device cannot run."""
         problem = too_many_steps(sampling.steps, self.schedule.steps, field)
         if problem:
             raise UserError(problem)
+        resolve_precision(sampling.precision, self.device, field.replace("steps", "precision"))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipeline's models are."""
+        return self.space.mean.device
 
     @torch.no_grad()
     def generate(
@@ -162,7 +171,7 @@ class Pipeline:
         each batch done. With masks in ``init``, an inpainting model (:attr:`inpaints`) is shown
         the masked image (made from ``init`` unless the conditions hold it) and any other model
         inpaints by replacement; either way the kept pixels are pasted back."""
-        device = self.space.mean.device
+        device = self.device
         out = []
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]

@@ -168,12 +168,20 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     (root / "images").mkdir()
     made = {"run": spec.model.run, "checkpoint": pipe.checkpoint.name, "step": pipe.step, "weights": pipe.weights}
     eta = getattr(spec.sampling.sampler.params, "eta", None)
+    settings = spec.sampling.record(pipe.device)
     lines = []
     for i, (image, seed) in enumerate(zip(images, seeds, strict=True)):
         name = f"images/{i:05d}.png"
         save_png(make_grid(image[None], 1), root / name)
         condition = described[i] if described else {}
-        line = {"file": name, "condition": condition, **started[i], **made, **spec.sampling.record(), "eta": eta}
+        line = {
+            "file": name,
+            "condition": condition,
+            **started[i],
+            **made,
+            **settings,
+            "eta": eta,
+        }
         lines.append(json.dumps({**line, "seed": seed}))
     save_png(_grid(spec, images, conditions, init), root / "grid.png")
     atomic_write(root / "manifest.jsonl", ("\n".join(lines) + "\n").encode())

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
@@ -20,6 +21,7 @@ from core.masks import RandomMasks
 from tasks.autoencoder.latent_space import latent_shape_of
 from tasks.engine.specs import TrainingTaskSpec
 from tasks.ldm.model import ConditionerUse, LatentDiffusion, check_image_size, fill_denoiser
+from tasks.ldm.precision import Precision, resolve_precision
 from tasks.runs.context import RunContext
 from tasks.runs.spec import RunRef, TaskSpec
 
@@ -75,15 +77,26 @@ class SamplingSpec(SpecModel):
     steps: PositiveInt = Field(20, description="Sampler steps (1 to the schedule's T).")
     spacing: Spacing | None = Field(None, description="Timestep spacing; none: the sampler's measured default.")
     guidance: NonNegativeFloat = Field(1.0, description="Classifier-free guidance scale; 1: none (one pass).")
+    precision: Precision = Field(
+        "auto",
+        description=(
+            "The denoiser's arithmetic: fp32, or bf16 / fp16 autocast (latents and sampler steps stay fp32); auto: "
+            "bf16 on a GPU that has it (else fp16), fp32 on the CPU."
+        ),
+    )
+    compile: bool = Field(False, description="torch.compile the denoiser first (minutes on a CPU).")
 
-    def record(self) -> dict[str, Any]:
-        """These settings as a manifest or report records them (the spacing resolved to the sampler's default)."""
+    def record(self, device: torch.device) -> dict[str, Any]:
+        """These settings as a manifest or report records them, for sampling on ``device`` (the
+        spacing resolved to the sampler's default, the precision to what runs there)."""
         return {
             "sampler": self.sampler.name,
             "sampler_params": self.sampler.params.model_dump(mode="json"),
             "steps": self.steps,
             "spacing": self.spacing or self.sampler.cls.spacing,
             "guidance": self.guidance,
+            "precision": resolve_precision(self.precision, device),
+            "compile": self.compile,
         }
 
 
