@@ -388,3 +388,41 @@ def test_data_a_conditioner_cannot_take_is_refused_before_anything_is_written(tm
     assert run(tmp_path, spec) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs" / "bad-data").exists()
+
+
+def _cache_folder(runs, dtype):
+    from core.specs import DatasetSpec
+    from tasks.autoencoder.spec import TrainAutoencoderSpec
+    from tasks.cli.catalog import context
+    from tasks.ldm.cache import cache_key
+    from tasks.runs.spec import RunRef
+    from tasks.runs.trained import load_trained
+
+    registry = load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    trained = load_trained(
+        RunRef(run="ae"), context(registry, runs / "runs"), "first_stage", TrainAutoencoderSpec, "first_stage"
+    )
+    data_spec = DatasetSpec.model_validate(LDM["data"], context={"registry": registry}).model_dump(mode="json")
+    return runs / "runs" / ".latent-cache" / cache_key(trained.module, data_spec, ["label"], dtype)
+
+
+def test_a_disk_too_small_for_the_cache_is_refused_before_it_is_written(runs, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    short = {**LDM, "name": "ldm-full-disk", "cache_dtype": "float16", "train": {**LDM["train"], "max_steps": 2}}
+    assert run(runs, short) == 2
+    err = capsys.readouterr().err
+    assert "latent_cache: the cache needs 0.00 GiB but" in err and "set cache_dtype to float16" in err
+    assert not list((runs / "runs" / ".latent-cache").glob("*partial*")) and not _cache_folder(runs, "float16").exists()
+
+
+def test_a_float16_cache_holds_the_float32_moments_in_half_the_disk(runs, capsys):
+    short = {**LDM, "name": "ldm-half", "cache_dtype": "float16", "train": {**LDM["train"], "max_steps": 2}}
+    short["train"] |= {"log_every": 1, "checkpoint_every": 2}
+    assert run(runs, short) == 0
+    out = capsys.readouterr().out
+    assert "latent cache: " in out and "x (4, 4, 4) float16 = " in out
+    half, full = (np.load(_cache_folder(runs, d) / "moments.npy", mmap_mode="r") for d in ("float16", "float32"))
+    assert half.dtype == np.float16 and half.nbytes * 2 == full.nbytes
+    assert np.abs(half.astype(np.float32) - full).max() <= 1e-3 * np.abs(full).max()

@@ -1,13 +1,15 @@
 """The latent cache: a dataset encoded once by a frozen first stage, reused across runs.
 
 It stores the first stage's moments (for a KL posterior its mean and log-variance, so each
-epoch still draws a fresh latent) for every example, in one memory-mapped ``.npy`` file
+epoch still draws a fresh latent) for every example, in float32 or float16 (half the disk),
+in one memory-mapped ``.npy`` file
 under ``<runs dir>/.latent-cache/<key>/``, beside the example fields the conditioners read
 (numbers and tensors as ``.npy``, strings as JSON), so that training never loads or renders
 an image again. The key hashes the first stage's weights, the dataset's spec and those
 field names: a changed first stage or dataset gets a cache of its own, and any run with the
 same ones reuses it. Everything is written into a temporary folder that is renamed into
-place last, so a killed run never leaves a cache that looks complete.
+place last, so a killed run never leaves a cache that looks complete. Its size is printed
+before it is built, and a disk that cannot hold it is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -15,23 +17,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import nn
+from tqdm import tqdm
 
-from core import Dataset, FirstStage
+from core import Dataset, FirstStage, UserError
 
 CACHE_DIR = ".latent-cache"
 
 
-def cache_key(first_stage: nn.Module, data_spec: dict[str, Any], fields: Sequence[str]) -> str:
-    """A hash of the first stage's weights (names, shapes, bytes), the dataset's spec and the fields."""
-    digest = hashlib.sha256(json.dumps([data_spec, sorted(fields)], sort_keys=True).encode())
+def cache_key(first_stage: nn.Module, data_spec: dict[str, Any], fields: Sequence[str], dtype: str = "float32") -> str:
+    """A hash of the first stage's weights (names, shapes, bytes), the dataset's spec, the
+    fields and the stored type (float32 caches keep the keys they had before there was a choice)."""
+    described = [data_spec, sorted(fields), *([dtype] if dtype != "float32" else [])]
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for name, tensor in sorted(first_stage.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -46,6 +53,19 @@ def _store_field(values: list[Any], folder: Path, name: str) -> None:
     np.save(folder / f"{name}.npy", array)
 
 
+def check_room(folder: Path, count: int, shape: Sequence[int], dtype: str, out: TextIO) -> None:
+    """Print the size of a cache of ``count`` moments of ``shape`` in ``dtype``; a
+    :class:`UserError` if the disk under ``folder`` has not that much free (with 5% to spare)."""
+    size = count * int(np.prod(shape)) * np.dtype(dtype).itemsize
+    print(f"latent cache: {count} examples x {tuple(shape)} {dtype} = {size / 2**20:.1f} MiB in {folder}", file=out)
+    free = shutil.disk_usage(folder.parent).free
+    if size * 1.05 > free:
+        raise UserError(
+            f"latent_cache: the cache needs {size / 2**30:.2f} GiB but {folder.parent} has {free / 2**30:.2f} GiB "
+            "free; free some space, set cache_dtype to float16 (half the size), or set latent_cache to false"
+        )
+
+
 @torch.no_grad()
 def build_cache(
     fabric: Fabric,
@@ -55,25 +75,31 @@ def build_cache(
     fields: Sequence[str],
     runs_dir: Path,
     batch_size: int = 64,
+    dtype: str = "float32",
+    out: TextIO = sys.stderr,
 ) -> tuple[Path, bool]:
     """The cache folder for this first stage, dataset and fields: (path, whether it was reused).
 
-    Rank 0 encodes every example when no cache exists; other processes wait for it.
+    Rank 0 encodes every example in batches of ``batch_size`` on the first stage's device when
+    no cache exists, storing ``dtype`` (its size said on ``out``, the progress on stderr);
+    other processes wait for it.
     """
-    folder = runs_dir / CACHE_DIR / cache_key(first_stage, data_spec, fields)
+    folder = runs_dir / CACHE_DIR / cache_key(first_stage, data_spec, fields, dtype)
     reused = folder.is_dir()
     if fabric.is_global_zero and not reused:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-        partial.mkdir(parents=True)
         store, values = None, {name: [] for name in fields}
-        for start in range(0, len(dataset), batch_size):
+        batches = range(0, len(dataset), batch_size)
+        for start in tqdm(batches, desc="latent cache", unit="batch", dynamic_ncols=True):
             examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             images = torch.stack([example["image"] for example in examples])
             moments = first_stage.moments(images.to(fabric.device)).float().cpu().numpy()
             if store is None:
-                store = np.lib.format.open_memmap(
-                    partial / "moments.npy", mode="w+", dtype=np.float32, shape=(len(dataset), *moments.shape[1:])
-                )
+                shape = (len(dataset), *moments.shape[1:])
+                check_room(folder, len(dataset), moments.shape[1:], dtype, out)
+                partial.mkdir()
+                store = np.lib.format.open_memmap(partial / "moments.npy", mode="w+", dtype=dtype, shape=shape)
             store[start : start + len(moments)] = moments
             for name in fields:
                 values[name].extend(example[name] for example in examples)
@@ -116,6 +142,6 @@ class CachedLatents(torch.utils.data.Dataset):
             }
         example: dict[str, Any] = {name: values[index] for name, values in self.strings.items()}
         for name, array in self._arrays.items():
-            value = np.array(array[index])
+            value = np.array(array[index], dtype=np.float32 if array.dtype == np.float16 else array.dtype)
             example[name] = torch.from_numpy(value) if value.ndim else value.item()
         return example

@@ -124,6 +124,9 @@ class TrainLdmSpec(TrainingTaskSpec):
         default_factory=dict, validate_default=True, description="How the logged sample grids are drawn."
     )
     latent_cache: bool = Field(True, description="Encode the dataset once and reuse it (else encode every step).")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="How the latent cache stores the first stage's moments (float16: half the disk)."
+    )
 
     def trained_components(self) -> dict[str, Callable[[], nn.Module]]:
         """The denoiser with its conditioners, saved as ``ldm``."""

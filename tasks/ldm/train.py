@@ -72,7 +72,16 @@ class LdmObjective(Objective):
             return dataset
         fields = sorted({use.cls.reads(use.params) for use in self.spec.conditioners})
         data_spec = self.spec.data.model_dump(mode="json")
-        folder, reused = build_cache(fabric, self.space.first_stage, dataset, data_spec, fields, self.ctx.runs_dir)
+        folder, reused = build_cache(
+            fabric,
+            self.space.first_stage,
+            dataset,
+            data_spec,
+            fields,
+            self.ctx.runs_dir,
+            dtype=self.spec.cache_dtype,
+            out=self.ctx.out,
+        )
         if fabric.is_global_zero:
             print(f"latent cache {'reused' if reused else 'written'}: {folder}", file=self.ctx.out)
         return CachedLatents(folder, fields)
