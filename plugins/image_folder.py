@@ -2,7 +2,10 @@
 
 Labels come from the first-level sub-folder names, captions from a sidecar ``.txt`` beside
 each image (same name), segmentation maps from a parallel folder holding a single-channel
-PNG of class indices at the same relative path.
+PNG of class indices at the same relative path. Building the dataset reads each image's
+header only (format, size, channels), so a collection of any size opens in seconds; an image
+whose data turns out unreadable when an example is made is named then, and skipped (the next
+image stands in, and it is counted) with ``skip_bad``, or stops the run without.
 """
 
 from __future__ import annotations
@@ -116,8 +119,7 @@ class ImageFolder(Dataset):
         """Why ``path`` cannot be an example (unreadable, wrong channels, missing sidecar), or ``None``."""
         p = self.params
         try:
-            with Image.open(path) as image:
-                image.load()
+            with Image.open(path) as image:  # the header only: the pixels are decoded when used
                 mode = image.mode
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             return f"image file {str(path)!r} cannot be read ({type(exc).__name__}: {exc})"
@@ -156,6 +158,27 @@ class ImageFolder(Dataset):
         return (w, h), (left, top, left + size, top + size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.files)):
+            at = (index + offset) % len(self.files)
+            try:
+                return self._example(at)
+            except (OSError, SyntaxError, ValueError) as exc:
+                self._unreadable(self.files[at], exc)
+        raise UserError(f"data.params.root: none of the images under {str(self.params.root)!r} could be decoded")
+
+    def _unreadable(self, path: Path, exc: Exception) -> None:
+        """Stop on an image whose pixels cannot be decoded, or (``skip_bad``) count and report it."""
+        problem = f"image file {str(path)!r} cannot be decoded ({type(exc).__name__}: {exc})"
+        if not self.params.skip_bad:
+            raise UserError(f"data.params.root: {problem}; fix or remove the file, or set skip_bad to true")
+        if path not in self.skipped:
+            self.skipped.append(path)
+            print(
+                f"data.params.root: skipped {problem} (skip_bad; {len(self.skipped)} so far), the next image instead",
+                file=sys.stderr,
+            )
+
+    def _example(self, index: int) -> dict[str, Any]:
         p, path = self.params, self.files[index]
         with Image.open(path) as image:
             image = image.convert(MODES[p.channels])

@@ -61,12 +61,27 @@ def test_missing_or_empty_folders_are_refused_up_front(tmp_path):
 
 def test_a_corrupt_file_is_named_or_skipped_and_counted(tmp_path):
     root, _ = folder(tmp_path)
-    broken = root / "cat" / "0.png"
-    broken.write_bytes(broken.read_bytes()[:40])
-    with pytest.raises(UserError, match="image file '.*cat/0.png' cannot be read"):
+    garbage = root / "dog" / "1.png"
+    garbage.write_bytes(b"not an image at all")
+    with pytest.raises(UserError, match="image file '.*dog/1.png' cannot be read"):
         build(root=root, size=8)
     ds = build(root=root, size=8, skip_bad=True)
-    assert len(ds) == 3 and ds.skipped == [broken]
+    assert len(ds) == 3 and ds.skipped == [garbage]
+
+
+def test_an_image_whose_pixels_are_cut_short_is_named_when_met(tmp_path, capsys):
+    """Only headers are read up front: a file cut after its header opens, and fails when decoded."""
+    root, _ = folder(tmp_path)
+    broken = root / "cat" / "0.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) - 20])  # its pixel data cut short, its header whole
+    ds = build(root=root, size=8)
+    assert len(ds) == 4
+    with pytest.raises(UserError, match=r"image file '.*cat/0.png' cannot be decoded .*set skip_bad to true"):
+        ds[0]
+    tolerant = build(root=root, size=8, skip_bad=True)
+    assert torch.equal(tolerant[0]["image"], tolerant[1]["image"])  # the next image stands in
+    assert tolerant.skipped == [broken] and "skipped image file" in capsys.readouterr().err
 
 
 def test_images_with_other_channel_counts_are_refused_or_converted(tmp_path):
