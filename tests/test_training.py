@@ -153,13 +153,15 @@ def test_init_from_starts_from_another_runs_weights_with_fresh_optimiser_state(c
     assert code == 2 and "train.init_from.run: 'nothing' has no checkpoint" in err
 
 
-def test_a_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(cli, ae_spec, tmp_path):
+def test_a_non_finite_loss_stops_before_a_checkpoint_and_names_the_last_good_one(cli, ae_spec, tmp_path):
+    """Steps do not wait to read the loss back: the flags are read when logging or saving, so
+    the run stops there and never saves the broken weights."""
     code, _, err = cli(
         ae_spec,
         *sets("train.optimizer.name=sgd", "train.optimizer.lr=1e8", "train.max_steps=50", "train.checkpoint_every=1"),
     )
     assert code == 1
-    assert "is not finite at step" in err and "stopped before updating the weights" in err
+    assert "is not finite from step" in err and "without saving the weights" in err
     assert "Traceback" not in err
     run = tmp_path / "runs" / "ae"
     latest = (run / "checkpoints" / "latest").read_text()
@@ -337,3 +339,35 @@ def test_a_damaged_checkpoint_is_named_on_resume(cli, ae_spec, tmp_path):
     latest.write_bytes(latest.read_bytes()[:100])
     code, _, err = cli(ae_spec, "--resume")
     assert code == 2 and "step-00000003.safetensors' cannot be read" in err and "delete it" in err
+
+
+def test_steps_between_logs_read_nothing_back_from_the_device(cli, ae_spec, monkeypatch):
+    """A step that neither logs nor saves leaves every value it computes where it is (on a GPU,
+    reading one back makes the host wait for the device): no item(), float(), bool() or
+    tolist() of a float or bool tensor in it (the batch sampler's integer indices live on the
+    CPU and are read there, as they should be)."""
+    import tasks.engine.trainer as trainer
+
+    reads, inside = [], [False]
+    for method in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            if inside[0] and (self.dtype.is_floating_point or self.dtype == torch.bool):
+                reads.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    step = trainer._step
+
+    def watched(*args, **kwargs):
+        inside[0] = True
+        try:
+            return step(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(trainer, "_step", watched)
+    code, _, err = cli(ae_spec, *sets("train.max_steps=6", "train.log_every=3", "train.checkpoint_every=6"))
+    assert code == 0, err
+    assert reads == []

@@ -83,6 +83,9 @@ class _Session:
     start: int = 0
     position: int = 0
     last: Path | None = None
+    # The first step whose loss (0) or gradient norm (1) was not finite, -1 while none was: kept
+    # on the device, so that no step waits to read it back; checked when logging or saving.
+    first_bad: Tensor | None = None
 
 
 def _agree(fabric: Fabric, *flags: bool) -> list[bool]:
@@ -103,21 +106,51 @@ def _mean_over_processes(fabric: Fabric, values: dict[str, float]) -> dict[str, 
 
 def _backward(
     fabric: Fabric, objective: Objective, name: str, micro: list[dict[str, Any]], step: int
-) -> tuple[float, dict[str, float]]:
+) -> tuple[Tensor, dict[str, Any]]:
     """Accumulate the gradients of optimiser ``name``'s loss over the micro-batches.
 
     Processes synchronise gradients only on the last micro-batch. Returns the loss and its
-    terms, averaged over the micro-batches.
+    terms, averaged over the micro-batches, as tensors where they are (read back only when logged).
     """
-    total, terms = 0.0, {}
+    total: Any = 0.0
+    terms: dict[str, Any] = {}
     for i, batch in enumerate(micro):
         with fabric.no_backward_sync(objective.nets[name], enabled=i < len(micro) - 1):
             loss, parts = objective.loss(name, batch, step)
             fabric.backward(loss / len(micro))
-        total += loss.item() / len(micro)
+        total = total + loss.detach() / len(micro)
         for key, value in parts.items():
-            terms[key] = terms.get(key, 0.0) + float(value) / len(micro)
+            value = value.detach() if isinstance(value, Tensor) else value
+            terms[key] = terms.get(key, 0.0) + value / len(micro)
     return total, terms
+
+
+def _mark_non_finite(session: _Session, loss: Tensor, norm: Tensor, step: int, check_norm: bool) -> None:
+    """Remember ``step`` as the first with a non-finite loss or gradient norm (device-side)."""
+    flags = torch.stack([~torch.isfinite(loss), ~torch.isfinite(norm) & check_norm]).to(loss.device)
+    if session.first_bad is None:
+        session.first_bad = torch.full((2,), -1, dtype=torch.long, device=loss.device)
+    session.first_bad = torch.where(flags & (session.first_bad < 0), step, session.first_bad)
+
+
+def _check_finite(session: _Session, done: int) -> None:
+    """:class:`TrainingFailed` if any step so far had a non-finite loss or gradient norm (the one
+    read-back of the flags, when logging or before saving, so a broken model is never saved)."""
+    if session.first_bad is None:
+        return
+    bad = session.first_bad.clone()
+    if session.fabric.world_size > 1:
+        bad = session.fabric.all_reduce(bad.float(), reduce_op="max").long()
+    loss_step, norm_step = bad.tolist()
+    if max(loss_step, norm_step) < 0:
+        return
+    is_loss = loss_step >= 0 and (norm_step < 0 or loss_step <= norm_step)
+    last = session.last
+    kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
+    raise TrainingFailed(
+        f"the {'loss' if is_loss else 'gradient norm'} is not finite from step {loss_step if is_loss else norm_step} "
+        f"on; stopped at step {done} without saving the weights; {kept}; lower the learning rate or check the data"
+    )
 
 
 def _finish(session: _Session, run_dir: Path) -> dict[str, Tensor]:
@@ -296,8 +329,8 @@ def _save(session: _Session, checkpoints: Checkpoints, step: int, extra: dict[st
 
 
 def _update(session: _Session, name: str, micro: list[dict[str, Any]], step: int) -> dict[str, float]:
-    """One optimiser step of model ``name``: gradients, clipping, the finiteness guard, the
-    update and its EMA. Returns what to log. :class:`TrainingFailed` before a non-finite update."""
+    """One optimiser step of model ``name``: gradients, clipping, the finiteness flags, the
+    update and its EMA. Returns what to log (tensors, read back only on logged steps)."""
     fabric, cfg = session.fabric, session.spec.train
     optimizer = session.optimizers[name]
     lr = learning_rate(session.optimizer_specs[name], step, cfg.max_steps)
@@ -310,27 +343,18 @@ def _update(session: _Session, name: str, micro: list[dict[str, Any]], step: int
         session.objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
     )
     fp16 = session.spec.runtime.precision == "16-mixed"  # the grad scaler skips non-finite steps itself
-    bad_loss, bad_norm = _agree(fabric, not math.isfinite(loss), not fp16 and not torch.isfinite(norm))
-    if bad_loss or bad_norm:
-        what = "loss" if bad_loss else "gradient norm"
-        last = session.last
-        kept = f"the last good checkpoint is {str(last)!r}" if last else "no checkpoint was written yet"
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-        raise TrainingFailed(
-            f"the {what} of {name!r} is not finite at step {step + 1} (terms: {shown}); stopped before updating "
-            f"the weights; {kept}; lower the learning rate or check the data"
-        )
+    _mark_non_finite(session, loss, torch.as_tensor(norm), step + 1, not fp16)
     optimizer.step()
     if name in session.emas:
         session.emas[name].update(session.originals[name])
     logs = {f"loss/{name}": loss, **{f"loss/{name}/{k}": v for k, v in terms.items()}}
-    return {**logs, f"lr/{name}": lr, f"grad_norm/{name}": float(norm)}
+    return {**logs, f"lr/{name}": lr, f"grad_norm/{name}": norm}
 
 
-def _step(session: _Session, loader: Any, step: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def _step(session: _Session, loader: Any, step: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One training step: a micro-batch per accumulation, then each active optimiser's update."""
     micro = [session.fabric.to_device(next(loader)) for _ in range(session.spec.train.accumulate)]
-    logs: dict[str, float] = {}
+    logs: dict[str, Any] = {}
     for name in session.optimizers:
         if session.objective.active(name, step):
             logs.update(_update(session, name, micro, step))
@@ -350,11 +374,12 @@ class _Rate:
         return rate
 
 
-def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict[str, float], batch: Any) -> None:
+def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict[str, Any], batch: Any) -> None:
     """Scalars every ``log_every`` steps (and at the end), image grids every ``image_every``."""
     cfg = session.spec.train
     if done % cfg.log_every == 0 or done == cfg.max_steps:
-        logs = _mean_over_processes(session.fabric, logs)
+        _check_finite(session, done)
+        logs = _mean_over_processes(session.fabric, {key: float(value) for key, value in logs.items()})
         steps_per_s = rate.since_last(done)
         logs["throughput/steps_per_s"] = steps_per_s
         logs["throughput/examples_per_s"] = steps_per_s * cfg.batch_size * cfg.accumulate * session.fabric.world_size
@@ -369,9 +394,12 @@ def _after_step(session: _Session, checkpoints: Checkpoints, run: RunDir, done: 
     """At the end, :meth:`Objective.finish`; a checkpoint when due, at the end or on a signal
     (then :class:`Interrupted`)."""
     cfg = session.spec.train
-    extra = _finish(session, run.root) if done == cfg.max_steps else None
     [stopping] = _agree(session.fabric, stop.signum is not None)
-    if stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+    saving = stopping or done % cfg.checkpoint_every == 0 or done == cfg.max_steps
+    if saving:
+        _check_finite(session, done)
+    extra = _finish(session, run.root) if done == cfg.max_steps else None
+    if saving:
         session.last = _save(session, checkpoints, done, extra)
     if stopping:
         cause = signal.Signals(stop.signum).name if stop.signum else "a signal to another process"
