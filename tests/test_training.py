@@ -46,6 +46,9 @@ def test_a_run_writes_spec_environment_metrics_checkpoints_and_images(cli, ae_sp
         "strategy": "single_device",
         "precision": "32-true",
         "memory_format": "channels_last",
+        "compile": False,
+        "tf32": True,
+        "cudnn_benchmark": False,
     }, "the resolved spec records what ran"
     assert spec["model"]["params"]["regularizer"]["params"] == {"weight": 1e-6, "sample": True}
     [stamp] = json.loads((run / "environment.json").read_text())["starts"]
@@ -371,3 +374,28 @@ def test_steps_between_logs_read_nothing_back_from_the_device(cli, ae_spec, monk
     code, _, err = cli(ae_spec, *sets("train.max_steps=6", "train.log_every=3", "train.checkpoint_every=6"))
     assert code == 0, err
     assert reads == []
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_runs_write_the_same_checkpoints_and_resume_each_other(cli, ae_spec, tmp_path):
+    """Compiled training saves the plain models (no compiler wrapper in the names) and computes
+    the same losses up to rounding; a run resumes compiled from an eager checkpoint and eager
+    from a compiled one. (Weights drift apart over steps: Adam turns rounding-level gradient
+    differences of near-zero entries into whole steps, so losses are compared, not weights.)"""
+    short = sets("train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1")
+    assert cli(ae_spec, *short)[0] == 0
+    code, _, err = cli(ae_spec, *short, *sets("name=compiled", "runtime.compile=true"))
+    assert code == 0, err
+    runs = tmp_path / "runs"
+    assert sorted(checkpoint(runs / "ae", 4)) == sorted(checkpoint(runs / "compiled", 4))
+    eager_losses, compiled_losses = losses(runs / "ae"), losses(runs / "compiled")
+    assert eager_losses[0][1] == pytest.approx(compiled_losses[0][1], rel=1e-4), "the same first step"
+    for source, first, then in (("ae", "false", "true"), ("compiled", "true", "false")):
+        name = f"from-{source}"
+        halfway = sets(f"name={name}", "train.max_steps=2", "train.checkpoint_every=2", f"runtime.compile={first}")
+        assert cli(ae_spec, *halfway)[0] == 0
+        code, _, err = cli(ae_spec, *short, *sets(f"name={name}", f"runtime.compile={then}"), "--resume")
+        assert code == 0, err
+        resumed = [loss for step, loss in losses(runs / name) if step == 3][-1]
+        original = [loss for step, loss in losses(runs / source) if step == 3][-1]
+        assert resumed == pytest.approx(original, rel=1e-3), name

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._inductor.config
 from lightning_fabric import Fabric
 from pydantic import ValidationError
 from torch import Tensor, nn
@@ -259,8 +260,14 @@ def _set_up(
     emas = {name: Ema(module, spec.train.ema) for name, module in originals.items()} if spec.train.ema else {}
     optimizer_specs = objective.optimizers()
     optimizers = {}
+    if spec.runtime.compile:
+        # Compiled kernels draw random numbers as eager code does (inductor has its own
+        # generator otherwise), so a compiled run samples the noise an eager one samples.
+        torch._inductor.config.fallback_random = True
     for name, opt_spec in optimizer_specs.items():
-        module, optimizers[name] = fabric.setup(originals[name], make_optimizer(opt_spec, originals[name]))
+        # Checkpoints and EMAs keep to the originals, so compiled and eager runs load each other.
+        net = torch.compile(originals[name]) if spec.runtime.compile else originals[name]
+        module, optimizers[name] = fabric.setup(net, make_optimizer(opt_spec, originals[name]))
         objective.nets[name] = module
     for ema in emas.values():
         fabric.to_device(ema.model)

@@ -33,7 +33,7 @@ from core import UserError
 from core.loader import LoadedRegistry
 
 # Fields a resumed run may change: extending training is what resuming is often for.
-RESUMABLE_CHANGES = {"train.max_steps"}
+RESUMABLE_CHANGES = {"train.max_steps", "runtime.compile"}
 PARTIAL_PREFIX = ".tmp-"
 
 

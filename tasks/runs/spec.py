@@ -48,6 +48,21 @@ class RuntimeSpec(SpecModel):
         description="How trained models hold their 4-d (convolution) weights; channels_last makes convolutions "
         "faster on CPUs (oneDNN) and on GPUs with tensor cores, and gives the same results up to rounding.",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the trained models (checkpoints are the same as eager runs'; compiling takes "
+        "minutes, on a CPU more than it saves on short runs).",
+    )
+    tf32: bool = Field(
+        True,
+        description="On a CUDA GPU that has them (Ampere and later), TF32 tensor cores for float32 matmuls and "
+        "convolutions (32-true, and what bf16-mixed leaves in float32); no effect elsewhere.",
+    )
+    cudnn_benchmark: bool = Field(
+        False,
+        description="On a CUDA GPU, let cuDNN time its convolution algorithms and keep the fastest: faster, but "
+        "the choice can differ between runs, so a resumed run is no longer equal to the bit.",
+    )
 
 
 class TaskSpec(SpecModel):
