@@ -56,11 +56,12 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def make_loader(dataset: Dataset, batches: StepBatches, num_workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset, batches: StepBatches, num_workers: int, seed: int, pin: bool = False) -> DataLoader:
     """A loader over ``batches``; its workers are seeded from ``seed``, the process rank and their id.
 
     The loader draws its own seeds from a private generator, so creating it (as a resume
-    does) leaves the global RNG untouched.
+    does) leaves the global RNG untouched. ``pin``: batches in page-locked memory, which a
+    CUDA device copies from without the host waiting.
     """
     worker_seed = seed * 1_000_003 + batches.rank * 1_009
     return DataLoader(
@@ -70,4 +71,5 @@ def make_loader(dataset: Dataset, batches: StepBatches, num_workers: int, seed: 
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(worker_seed),
         persistent_workers=num_workers > 0,
+        pin_memory=pin,
     )

@@ -307,7 +307,7 @@ def _open(session: _Session, ctx: RunContext, run: RunDir, reads: Sequence[Path]
         len(session.dataset), cfg.batch_size, fabric.world_size, fabric.global_rank, spec.seed, start=session.position
     )
     data = session.objective.training_data(fabric, session.dataset)
-    loader = iter(make_loader(data, batches, cfg.num_workers, spec.seed))
+    loader = iter(make_loader(data, batches, cfg.num_workers, spec.seed, pin=fabric.device.type == "cuda"))
     return loader, Monitor(run, resolved, session.start, cfg.max_steps, enabled=fabric.is_global_zero)
 
 
