@@ -178,7 +178,7 @@ class Pipeline:
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in chunk]
             noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
             batch = {key: batched(values[start : start + batch_size], device) for key, values in conditions.items()}
-            part = self._part(init, start, chunk)
+            part = self.init_part(init, start, chunk)
             if self.inpaints and part is not None and part.masks is not None:
                 batch.setdefault(MASKED_IMAGE, masked_input(part.images, part.masks).to(device))
                 begin = None  # the model sees the kept pixels itself, as the paper's inpainting samples
@@ -194,7 +194,8 @@ class Pipeline:
         return torch.cat(out)
 
     @staticmethod
-    def _part(init: Init | None, start: int, chunk: list[int]) -> Init | None:
+    def init_part(init: Init | None, start: int, chunk: list[int]) -> Init | None:
+        """The entries ``start`` to ``start + len(chunk)`` of ``init`` (``None`` stays ``None``)."""
         if init is None:
             return None
         masks = init.masks[start : start + len(chunk)] if init.masks is not None else None
