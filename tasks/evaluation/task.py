@@ -30,6 +30,7 @@ import json
 from typing import Any
 
 import torch
+from lightning_fabric import Fabric
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -176,9 +177,12 @@ def _first_stage_report(spec: EvaluateSpec, ctx: RunContext, data: Any) -> tuple
     return report, [first.checkpoint], None
 
 
-def _ldm_report(spec: EvaluateSpec, ctx: RunContext, trained: Any, data: Any) -> tuple[dict[str, Any], list, Tensor]:
-    """(report, checkpoints read, grid of samples) of a run holding an LDM, measured on ``data``."""
-    pipe = load_pipeline(spec.model, ctx, "model", spec.runtime.accelerator)
+def _ldm_report(
+    spec: EvaluateSpec, ctx: RunContext, trained: Any, data: Any, fabric: Fabric
+) -> tuple[dict[str, Any], list, Tensor]:
+    """(report, checkpoints read, grid of samples) of a run holding an LDM, measured on
+    ``data``; the samples shared among ``fabric``'s processes."""
+    pipe = load_pipeline(spec.model, ctx, "model", fabric=fabric)
     sampling = spec.sampling or trained.sampling
     pipe.check(sampling)
     metrics, tables, grid = _measure_ldm(spec, ctx, pipe, sampling, data)
@@ -209,19 +213,22 @@ def _write(run_dir: RunDir, report: dict[str, Any], grid: Tensor | None, out: An
 
 
 def run(spec: EvaluateSpec, ctx: RunContext) -> None:
-    """Measure, then write ``eval.json``, the table and TensorBoard."""
-    if spec.runtime.devices * spec.runtime.num_nodes > 1:
-        raise UserError(
-            f"runtime.devices: evaluate runs in one process but {spec.runtime.devices} device(s) x "
-            f"{spec.runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1"
-        )
+    """Measure, then write ``eval.json``, the table and TensorBoard. An LDM's samples are shared
+    among ``runtime.devices`` processes; each then holds them all and measures them, and the
+    first writes."""
     checked = OneShotRun.check(spec, ctx)
     spec = checked.spec
     torch.manual_seed(spec.seed)  # a first stage may sample its posterior: the same figures every time
     trained = run_spec(spec.model, ctx, "model")
     holds = trained.trained_components() if hasattr(trained, "trained_components") else {}
+    processes = spec.runtime.devices * spec.runtime.num_nodes
     if "ldm" not in holds:
         holding(spec.model, ctx, "model", "first_stage")  # refuses a run that holds neither
+        if processes > 1:
+            raise UserError(
+                f"runtime.devices: a first stage is evaluated in one process but {spec.runtime.devices} device(s) x "
+                f"{spec.runtime.num_nodes} node(s) were asked for; set devices and num_nodes to 1"
+            )
     data = spec.data or trained.data
     if data is None:
         raise UserError(
@@ -229,7 +236,11 @@ def run(spec: EvaluateSpec, ctx: RunContext) -> None:
             "to measure it on (their validation split)"
         )
     if "ldm" in holds:
-        measured, reads, grid = _ldm_report(spec, ctx, trained, data)
+        fabric = make_fabric(spec.runtime)
+        fabric.launch()
+        measured, reads, grid = _ldm_report(spec, ctx, trained, data, fabric)
+        if not fabric.is_global_zero:
+            return
     else:
         measured, reads, grid = _first_stage_report(spec, ctx, data)
     report = {"run": spec.model.run, "weights": spec.model.weights, **measured}

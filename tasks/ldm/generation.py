@@ -9,12 +9,14 @@ same images as its items one by one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric import Fabric
 from pydantic import ValidationError
 from torch import Tensor
 
@@ -117,6 +119,7 @@ class Pipeline:
     weights: str
     reads: tuple[Path, ...]
     context: RunContext
+    fabric: Fabric | None = None  # with several processes, each makes a share of every generate()
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -156,7 +159,6 @@ class Pipeline:
         """Where the pipeline's models are."""
         return self.space.mean.device
 
-    @torch.no_grad()
     def generate(
         self,
         sampling: SamplingSpec,
@@ -170,7 +172,37 @@ class Pipeline:
         condition list and of ``init``, ``batch_size`` at a time; ``progress`` gets the size of
         each batch done. With masks in ``init``, an inpainting model (:attr:`inpaints`) is shown
         the masked image (made from ``init`` unless the conditions hold it) and any other model
-        inpaints by replacement; either way the kept pixels are pasted back."""
+        inpaints by replacement; either way the kept pixels are pasted back.
+
+        With a :attr:`fabric` of several processes, each makes a consecutive share (image i
+        still from seed i, so the images do not depend on how many processes there are) and
+        every process gets them all back."""
+        fabric = self.fabric
+        if fabric is None or fabric.world_size == 1:
+            return self._generate(sampling, conditions, seeds, batch_size, progress, init)
+        share = math.ceil(len(seeds) / fabric.world_size)
+        start = fabric.global_rank * share
+        mine = seeds[start : start + share]
+        shape = (self.space.shape.image_channels, *self.image_size)
+        images = torch.zeros(0, *shape)
+        if mine:
+            part = {key: values[start : start + share] for key, values in conditions.items()}
+            images = self._generate(sampling, part, mine, batch_size, progress, self.init_part(init, start, mine))
+        padded = torch.zeros(share, *shape)
+        padded[: len(images)] = images
+        return fabric.all_gather(padded.to(self.device)).reshape(-1, *shape)[: len(seeds)].cpu()
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        sampling: SamplingSpec,
+        conditions: dict[str, list[Any]],
+        seeds: list[int],
+        batch_size: int = 16,
+        progress: Callable[[int], None] | None = None,
+        init: Init | None = None,
+    ) -> Tensor:
+        """:meth:`generate` in this process alone."""
         device = self.device
         out = []
         for start in range(0, len(seeds), batch_size):
@@ -286,9 +318,13 @@ def check_conditions(
     return next(iter(lengths.values()))
 
 
-def load_pipeline(ref: RunRef, ctx: RunContext, field: str, device: str | torch.device = "cpu") -> Pipeline:
+def load_pipeline(
+    ref: RunRef, ctx: RunContext, field: str, device: str | torch.device = "cpu", fabric: Fabric | None = None
+) -> Pipeline:
     """The pipeline of a run holding an LDM (``train_ldm``, ``import_checkpoint``) and the
-    latent space it was trained in (its spec's ``first_stage``)."""
+    latent space it was trained in (its spec's ``first_stage``); with a launched ``fabric``, on
+    its device, sharing each generation among its processes."""
+    device = fabric.device if fabric is not None else device
     trained = load_trained(ref, ctx, field, None, "ldm")
     spec = trained.spec
     space = load_latent_space(spec.first_stage, ctx, f"{field} (its first_stage)")
@@ -307,4 +343,5 @@ def load_pipeline(ref: RunRef, ctx: RunContext, field: str, device: str | torch.
         weights=ref.weights,
         reads=(trained.checkpoint, *space.sources),
         context=ctx,
+        fabric=fabric,
     )

@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import torch
-from lightning_fabric import Fabric
 from torch import Tensor
 from tqdm import tqdm
 
@@ -153,44 +152,21 @@ def _grid(spec: SampleSpec, images: Tensor, conditions: dict[str, list[Any]], in
     return make_grid(images, nrow)
 
 
-def _shared(
-    fabric: Fabric, pipe: Pipeline, spec: SampleSpec, conditions: dict, seeds: list[int], init: Init | None
-) -> Tensor:
-    """Every image, each process making a consecutive share of them (image i from seed i, so
-    the images do not depend on how many processes there are), gathered on every process."""
-    share = math.ceil(len(seeds) / fabric.world_size)
-    start = fabric.global_rank * share
-    mine = seeds[start : start + share]
-    part = {key: values[start : start + share] for key, values in conditions.items()}
-    shape = (pipe.space.shape.image_channels, *pipe.image_size)
-    images = torch.zeros(0, *shape)
-    share_init = Pipeline.init_part(init, start, mine)
-    with tqdm(
-        total=len(mine), desc=spec.name, unit="image", dynamic_ncols=True, disable=not fabric.is_global_zero
-    ) as bar:
-        if mine:
-            images = pipe.generate(spec.sampling, part, mine, spec.batch_size, bar.update, share_init)
-    if fabric.world_size == 1:
-        return images
-    padded = torch.zeros(share, *shape)
-    padded[: len(images)] = images
-    gathered = fabric.all_gather(padded.to(fabric.device))
-    return gathered.reshape(-1, *shape)[: len(seeds)].cpu()
-
-
 def run(spec: SampleSpec, ctx: RunContext) -> None:
     """Sample, then write the images, the grid and the manifest."""
     checked = OneShotRun.check(spec, ctx)
     spec = checked.spec
     fabric = make_fabric(spec.runtime)
     fabric.launch()
-    pipe = load_pipeline(spec.model, ctx, "model", fabric.device)
+    pipe = load_pipeline(spec.model, ctx, "model", fabric=fabric)
     pipe.check(spec.sampling)
     examples = _examples(spec)
     conditions, described, count = _conditions(spec, pipe, examples)
     seeds = [spec.seed + i for i in range(count)]
     init, started = _init(spec, pipe, examples, seeds)
-    images = _shared(fabric, pipe, spec, conditions, seeds, init)
+    mine = math.ceil(count / fabric.world_size)  # what this process makes (rank 0's progress shows)
+    with tqdm(total=mine, desc=spec.name, unit="image", dynamic_ncols=True, disable=not fabric.is_global_zero) as bar:
+        images = pipe.generate(spec.sampling, conditions, seeds, spec.batch_size, bar.update, init)
     if not fabric.is_global_zero:
         return
 
