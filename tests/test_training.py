@@ -63,7 +63,9 @@ def test_a_run_writes_spec_environment_metrics_checkpoints_and_images(cli, ae_sp
         "grad_norm/first_stage",
         "throughput/steps_per_s",
         "throughput/examples_per_s",
+        "throughput/data_wait_share",
     } <= set(record)
+    assert 0 < record["throughput/data_wait_share"] < 1, "the share of the time spent waiting for batches"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "latest",
         "step-00000003.safetensors",

@@ -87,6 +87,7 @@ class _Session:
     # The first step whose loss (0) or gradient norm (1) was not finite, -1 while none was: kept
     # on the device, so that no step waits to read it back; checked when logging or saving.
     first_bad: Tensor | None = None
+    data_wait: float = 0.0  # seconds spent waiting for batches since the last logged step
 
 
 def _agree(fabric: Fabric, *flags: bool) -> list[bool]:
@@ -360,7 +361,10 @@ def _update(session: _Session, name: str, micro: list[dict[str, Any]], step: int
 
 def _step(session: _Session, loader: Any, step: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One training step: a micro-batch per accumulation, then each active optimiser's update."""
-    micro = [session.fabric.to_device(next(loader)) for _ in range(session.spec.train.accumulate)]
+    start = time.perf_counter()
+    batches = [next(loader) for _ in range(session.spec.train.accumulate)]
+    session.data_wait += time.perf_counter() - start
+    micro = [session.fabric.to_device(batch) for batch in batches]
     logs: dict[str, Any] = {}
     for name in session.optimizers:
         if session.objective.active(name, step):
@@ -369,16 +373,17 @@ def _step(session: _Session, loader: Any, step: int) -> tuple[list[dict[str, Any
 
 
 class _Rate:
-    """Steps per second between two logged steps."""
+    """Steps per second between two logged steps, and the share of that time spent waiting for data."""
 
     def __init__(self, step: int) -> None:
         self.time, self.step = time.perf_counter(), step
 
-    def since_last(self, step: int) -> float:
+    def since_last(self, step: int, waited: float) -> tuple[float, float]:
         now = time.perf_counter()
-        rate = (step - self.step) / max(now - self.time, 1e-9)
+        elapsed = max(now - self.time, 1e-9)
+        rate = (step - self.step) / elapsed
         self.time, self.step = now, step
-        return rate
+        return rate, waited / elapsed
 
 
 def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict[str, Any], batch: Any) -> None:
@@ -387,8 +392,10 @@ def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict
     if done % cfg.log_every == 0 or done == cfg.max_steps:
         _check_finite(session, done)
         logs = _mean_over_processes(session.fabric, {key: float(value) for key, value in logs.items()})
-        steps_per_s = rate.since_last(done)
+        steps_per_s, waiting = rate.since_last(done, session.data_wait)
+        session.data_wait = 0.0
         logs["throughput/steps_per_s"] = steps_per_s
+        logs["throughput/data_wait_share"] = waiting
         logs["throughput/examples_per_s"] = steps_per_s * cfg.batch_size * cfg.accumulate * session.fabric.world_size
         monitor.scalars(done, logs)
     if cfg.image_every and done % cfg.image_every == 0:
