@@ -7,25 +7,7 @@
 #
 # The machine's Python must hold torch with CUDA; packages it lacks travel as wheels in .whl/
 # (pydantic, lightning-fabric, diffusers, ...), installed into /tmp/site.
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-fi
-# The package itself, for its entry points (the built-in plugins are found through them).
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
-export PYTHONPATH=/tmp/site
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_supported())"
-
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, report the exit code
-    local name=$1 limit=$2; shift 2
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    echo "== $name: exit $? in $((SECONDS - start)) s"
-}
+. "$(dirname "$0")/gpu_env.sh"
 
 # Under 10 minutes in all on a lent H200 (2026-11-27): its kernel launches are slow (gVisor),
 # so the runs are short and the whole suite comes last, with what time is left.

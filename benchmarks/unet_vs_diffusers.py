@@ -75,13 +75,23 @@ def theirs() -> torch.nn.Module:
     )
 
 
-def calls(model: torch.nn.Module, is_ours: bool, batch: int, device: str, bf16: bool, engine: bool):
-    """(forward, train_step, run) closures over fixed seeded inputs on ``device``; ``engine``:
-    the optimiser and memory format of our training engine, else torch's AdamW defaults."""
+def calls(
+    model: torch.nn.Module,
+    is_ours: bool,
+    batch: int,
+    device: str,
+    bf16: bool,
+    engine: bool,
+    shape: tuple[int, int, int] = (SIDE, TOKENS, CONTEXT),
+):
+    """(forward, train_step, run) closures over fixed seeded inputs on ``device`` (``shape``:
+    latent side, context tokens, context width); ``engine``: the optimiser and memory format of
+    our training engine, else torch's AdamW defaults."""
+    side, tokens, width = shape
     generator = torch.Generator().manual_seed(0)
-    x, target = (torch.randn(batch, 4, SIDE, SIDE, generator=generator).to(device) for _ in range(2))
+    x, target = (torch.randn(batch, 4, side, side, generator=generator).to(device) for _ in range(2))
     t = torch.randint(0, 1000, (batch,), generator=generator).float().to(device)
-    context = torch.randn(batch, TOKENS, CONTEXT, generator=generator).to(device)
+    context = torch.randn(batch, tokens, width, generator=generator).to(device)
     cond = Conditioning(context=context)
     if engine:
         model.to(memory_format=torch.channels_last)
