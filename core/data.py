@@ -47,3 +47,25 @@ def with_lowres(example: dict[str, Any], params: DataParams) -> dict[str, Any]:
         size = (image.shape[-2] // params.lowres_factor, image.shape[-1] // params.lowres_factor)
         example["lowres"] = F.interpolate(image[None], size=size, mode="area")[0]
     return example
+
+
+class EpochIndex(int):
+    """An example index that also says which pass over the data asks for it: what training's
+    batch sampler hands a dataset's ``__getitem__``, so that augmentations (a flip, a random
+    crop) can differ from one epoch to the next yet be the same in a resumed run. It is an
+    ``int`` everywhere else; a plain ``int`` index is epoch 0."""
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int) -> EpochIndex:
+        made = super().__new__(cls, index)
+        made.epoch = epoch
+        return made
+
+    def __getnewargs__(self) -> tuple[int, int]:  # so that data workers receive it whole
+        return int(self), self.epoch
+
+
+def epoch_of(index: int) -> int:
+    """The epoch an index was asked for in (0 for a plain ``int``)."""
+    return getattr(index, "epoch", 0)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import Field, PositiveInt, model_validator
 
 from core import Dataset, ExampleShape, UserError
-from core.data import DataParams, fields_with_lowres, split_indices, with_lowres
+from core.data import DataParams, EpochIndex, epoch_of, fields_with_lowres, split_indices, with_lowres
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MODES = {1: "L", 3: "RGB"}
@@ -39,10 +39,16 @@ class ImageFolder(Dataset):
     class Params(DataParams):
         root: Path = Field(description="The folder of images.")
         size: PositiveInt = Field(description="Side of the square images given to the model.")
-        fit: Literal["resize", "center_crop", "random_crop"] = Field(
+        fit: Literal["resize", "center_crop", "random_crop", "random_crop_each_epoch"] = Field(
             "center_crop",
-            description="resize: squash to size x size; center_crop / random_crop: scale the "
-            "shorter side to size, then crop (random_crop: a crop fixed per image by seed and index).",
+            description="resize: squash to size x size; center_crop / random_crop / random_crop_each_epoch: scale "
+            "the shorter side to size, then crop (random_crop: a crop fixed per image by seed and index; "
+            "random_crop_each_epoch: drawn again in every epoch of training, by seed, index and epoch).",
+        )
+        flip: bool = Field(
+            False,
+            description="Mirror images left-right at random, drawn per image and epoch (by seed, index and epoch, "
+            "so a resumed run sees the same flips); maps flip with them.",
         )
         channels: Literal[1, 3] = 3
         convert: bool = Field(
@@ -145,23 +151,30 @@ class ImageFolder(Dataset):
 
     def _box(self, width: int, height: int, index: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
         """The size to scale to and the crop box, for an image of ``width`` x ``height``."""
-        size = self.params.size
-        if self.params.fit == "resize":
+        size, fit = self.params.size, self.params.fit
+        if fit == "resize":
             return (size, size), None
         scale = size / min(width, height)
         w, h = max(size, round(width * scale)), max(size, round(height * scale))
-        if self.params.fit == "center_crop":
+        if fit == "center_crop":
             left, top = (w - size) // 2, (h - size) // 2
         else:
-            rng = np.random.default_rng([self.params.seed, index])
+            key = [self.params.seed, index] if fit == "random_crop" else [self.params.seed, index, epoch_of(index), 0]
+            rng = np.random.default_rng(key)
             left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
         return (w, h), (left, top, left + size, top + size)
+
+    def _flipped(self, index: int) -> bool:
+        """Whether this image is mirrored in the epoch that asks for it."""
+        return self.params.flip and bool(
+            np.random.default_rng([self.params.seed, index, epoch_of(index), 1]).random() < 0.5
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for offset in range(len(self.files)):
             at = (index + offset) % len(self.files)
             try:
-                return self._example(at)
+                return self._example(EpochIndex(at, epoch_of(index)))
             except (OSError, SyntaxError, ValueError) as exc:
                 self._unreadable(self.files[at], exc)
         raise UserError(f"data.params.root: none of the images under {str(self.params.root)!r} could be decoded")
@@ -186,6 +199,8 @@ class ImageFolder(Dataset):
             image = image.resize(scaled, Image.Resampling.BICUBIC)
             if box:
                 image = image.crop(box)
+            if self._flipped(index):
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             array = np.asarray(image, dtype=np.float32).reshape(p.size, p.size, p.channels)
         example: dict[str, Any] = {"image": torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0}
         relative = path.relative_to(p.root)
@@ -198,5 +213,7 @@ class ImageFolder(Dataset):
                 seg = seg.resize(scaled, Image.Resampling.NEAREST)
                 if box:
                     seg = seg.crop(box)
+                if self._flipped(index):
+                    seg = seg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 example["segmentation"] = torch.from_numpy(np.asarray(seg, dtype=np.int64).copy())
         return with_lowres(example, p)

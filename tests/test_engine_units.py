@@ -134,3 +134,16 @@ def test_cuda_without_a_gpu_is_refused_and_auto_resolves_to_what_runs():
     resolved = resolve_runtime(RuntimeSpec(devices=2))
     assert (resolved.accelerator, resolved.strategy) == ("cpu", "ddp")
     assert resolve_runtime(RuntimeSpec()).strategy == "single_device"
+
+
+def test_batch_indices_carry_their_epoch():
+    """What datasets draw per-epoch augmentations from (and a resumed run repeats)."""
+    import pickle
+
+    from tasks.engine.data import StepBatches
+
+    batches = StepBatches(size=10, batch_size=5, world_size=1, rank=0, seed=0)
+    first, third = batches.indices(0), batches.indices(2)
+    assert {i.epoch for i in first} == {0} and {i.epoch for i in third} == {1}
+    again = pickle.loads(pickle.dumps(third))  # as data workers receive them
+    assert again == third and [i.epoch for i in again] == [1] * 5

@@ -101,3 +101,29 @@ def test_missing_sidecars_are_named(tmp_path):
     (maps / "cat" / "2.png").unlink()
     with pytest.raises(UserError, match="has no segmentation map '.*cat/2.png'"):
         build(root=root, size=8, segmentation_root=maps)
+
+
+def test_flips_and_crops_each_epoch_are_drawn_again_per_epoch_and_repeat_within_one(tmp_path):
+    """Training hands datasets indices that carry their epoch (EpochIndex): the draws change
+    from epoch to epoch and repeat for the same epoch (so a resumed run sees the same ones)."""
+    from core.data import EpochIndex
+
+    root, maps = tmp_path / "gradient", tmp_path / "maps"
+    (root / "a").mkdir(parents=True)
+    (maps / "a").mkdir(parents=True)
+    Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1))).convert("RGB").save(root / "a" / "0.png")
+    Image.fromarray(np.tile((np.arange(40) >= 30).astype(np.uint8), (20, 1))).save(maps / "a" / "0.png")
+    cropping = build(root=root, size=10, fit="random_crop_each_epoch")
+    crops = [cropping[EpochIndex(0, epoch)]["image"] for epoch in range(6)]
+    assert len({c[0, 0, 0].item() for c in crops}) > 1, "other epochs, other crops"
+    assert torch.equal(crops[2], cropping[EpochIndex(0, 2)]["image"]), "the same epoch, the same crop"
+    flipping = build(root=root, size=10, flip=True, segmentation_root=maps)
+    plain = build(root=root, size=10, segmentation_root=maps)[0]
+    seen = [flipping[EpochIndex(0, epoch)] for epoch in range(8)]
+    mirrored = [torch.equal(e["image"], plain["image"].flip(-1)) for e in seen]
+    assert any(mirrored) and not all(mirrored)
+    for example, flipped in zip(seen, mirrored, strict=True):
+        expected = plain if not flipped else {k: v.flip(-1) for k, v in plain.items() if k != "label"}
+        assert torch.equal(example["image"], expected["image"]), "unflipped epochs give the plain image"
+        assert torch.equal(example["segmentation"], expected["segmentation"]), "maps flip with their images"
+    assert torch.equal(seen[5]["image"], flipping[EpochIndex(0, 5)]["image"]), "the same epoch, the same flip"

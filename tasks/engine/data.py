@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core import Dataset, UserError
+from core.data import EpochIndex
 
 
 class StepBatches:
@@ -33,14 +34,14 @@ class StepBatches:
             )
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
-    def indices(self, k: int) -> list[int]:
-        """The indices this process reads for micro-batch ``k``."""
+    def indices(self, k: int) -> list[EpochIndex]:
+        """The indices this process reads for micro-batch ``k``, each with its epoch."""
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.size, generator=generator)
         first = (j * self.world_size + self.rank) * self.batch_size
-        return self._order[first : first + self.batch_size].tolist()
+        return [EpochIndex(i, epoch) for i in self._order[first : first + self.batch_size].tolist()]
 
     def __iter__(self) -> Iterator[list[int]]:
         k = self.start
