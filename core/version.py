@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from core.errors import UserError
 
-PLUGIN_API_VERSION = "1.7"
+PLUGIN_API_VERSION = "1.8"
 
 
 class PluginAPIError(UserError):

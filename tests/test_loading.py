@@ -125,9 +125,10 @@ def test_plugin_api_version_check():
     core.require_plugin_api("1.4")  # ConditioningShape.mismatches
     core.require_plugin_api("1.6")  # Component.original_names
     core.require_plugin_api("1.7")  # Component.diffusers_model, Component.from_diffusers
+    core.require_plugin_api("1.8")  # core.data.EpochIndex
     with pytest.raises(core.PluginAPIError, match="needs ldm plugin API 1.9"):
         core.require_plugin_api("1.9")
-    with pytest.raises(core.PluginAPIError, match="offers 1.7"):
+    with pytest.raises(core.PluginAPIError, match="offers 1.8"):
         core.require_plugin_api("2.0")
     with pytest.raises(ValueError, match="major.minor"):
         core.require_plugin_api("one")
