@@ -127,6 +127,10 @@ def test_a_folder_that_is_no_diffusers_model_is_one_sentence(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = cli(write(tmp_path, "import.json", spec("import_checkpoint", "x", checkpoint="empty")))
     assert code == 2 and "is not a diffusers model folder (no config.json)" in err
+    (tmp_path / "empty" / "config.json").write_text("not json")
+    (tmp_path / "empty" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    code, _, err = cli("import.json")
+    assert code == 2 and "empty/config.json is not valid JSON" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "x").exists()
 
 

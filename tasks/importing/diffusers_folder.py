@@ -10,7 +10,6 @@ the UNet predicts; the autoencoder's ``scaling_factor`` (and ``shift_factor``, o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,9 @@ def parts_of(folder: Path) -> Parts:
         index = files.read_pipeline(folder, "checkpoint")
         unknown = sorted(set(index) - KNOWN)
         if unknown:
+            pipeline = files.read_json(folder / files.PIPELINE, "checkpoint").get("_class_name")
             raise UserError(
-                f"checkpoint: {folder} is a {json.loads((folder / files.PIPELINE).read_text()).get('_class_name')} "
+                f"checkpoint: {folder} is a {pipeline} "
                 f"with parts {unknown} this code cannot import; it imports vae or vqvae, unet, scheduler, text_encoder"
             )
         first = [name for name in FIRST_STAGES if name in index]
@@ -60,10 +60,7 @@ def parts_of(folder: Path) -> Parts:
 
 def expressing(ctx: RunContext, kind: str, folder: Path) -> dict[str, Any]:
     """The spec (name and params) of the installed ``kind`` component that reads the model in ``folder``."""
-    config_file = folder / files.CONFIG
-    if not config_file.is_file():
-        raise UserError(f"checkpoint: {folder} has no {files.CONFIG}; give a folder that save_pretrained wrote")
-    config = json.loads(config_file.read_text())
+    config = files.read_json(folder / files.CONFIG, "checkpoint")
     class_name = config.get("_class_name") or (config.get("architectures") or [None])[0]
     for entry in ctx.registry.entries(kind):
         try:
@@ -77,7 +74,7 @@ def expressing(ctx: RunContext, kind: str, folder: Path) -> dict[str, Any]:
 
 def diffusion(folder: Path) -> tuple[dict[str, Any], str]:
     """(our diffusion spec's values, the UNet's prediction) from the scheduler's config."""
-    config = json.loads((folder / files.SCHEDULER).read_text())
+    config = files.read_json(folder / files.SCHEDULER, "checkpoint")
     for key in ("trained_betas", "rescale_betas_zero_snr"):
         if config.get(key):
             raise UserError(f"checkpoint: {folder / files.SCHEDULER} sets {key}, which this code does not express")
@@ -87,7 +84,7 @@ def diffusion(folder: Path) -> tuple[dict[str, Any], str]:
 def latent_statistics(folder: Path, channels: int, scale: float | None) -> tuple[Tensor, Tensor]:
     """(mean, std) of the latents, per channel, that the first stage's config states (a given
     ``scale`` overrides its scaling_factor)."""
-    config = json.loads((folder / files.CONFIG).read_text())
+    config = files.read_json(folder / files.CONFIG, "checkpoint")
     if config.get("latents_mean") is not None and config.get("latents_std") is not None and scale is None:
         return torch.tensor(config["latents_mean"]).float(), torch.tensor(config["latents_std"]).float()
     factor = scale if scale is not None else float(config.get("scaling_factor") or 1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,7 @@ from core.interfaces import LatentShape
 from tasks.importing.diffusers_folder import diffusion, expressing, parts_of
 from tasks.importing.original_config import ConfigError, first_stage_config, read_config
 from tasks.importing.original_ldm import ldm_config
-from tasks.interchange.diffusers_files import CONFIG
+from tasks.interchange.diffusers_files import CONFIG, read_json
 from tasks.ldm.model import ConditionerUse, LatentDiffusion, fill_denoiser
 from tasks.ldm.specs import DiffusionSpec, SamplingSpec
 from tasks.runs.context import RunContext
@@ -146,7 +145,7 @@ def _resolve_folder(spec: ImportCheckpointSpec, ctx: RunContext) -> ImportCheckp
     ]
     latent: LatentShape = first.cls.latent_shape(first.params)
     denoiser = _validated(DenoiserSpec, unet, ctx, parts.unet, "a denoiser")
-    side = json.loads((parts.unet / CONFIG).read_text()).get("sample_size")
+    side = read_json(parts.unet / CONFIG, "checkpoint").get("sample_size")
     return spec.model_copy(
         update={
             "model": first,

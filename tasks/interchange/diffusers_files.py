@@ -30,6 +30,20 @@ _SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "s
 _PREDICTIONS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 
 
+def read_json(path: Path, field: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a :class:`UserError` naming ``field`` if the file is missing,
+    is not valid JSON, or holds no object."""
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{field}: {path} is missing; give a folder that save_pretrained wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{field}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(found, dict):
+        raise UserError(f"{field}: {path} holds no JSON object; give a folder that save_pretrained wrote")
+    return found
+
+
 def write_model(folder: Path, model: DiffusersModel, state: dict[str, Tensor], dtype: torch.dtype) -> None:
     """Write ``model``'s folder (its config and ``state``, under its library's names, in
     ``dtype``) and the ``files`` it brings, relative to the pipeline folder above it."""
@@ -56,11 +70,8 @@ def read_model(folder: Path, field: str) -> tuple[str, dict[str, Any], Mapping[s
             f"{field}: {str(folder)!r} is not a diffusers model folder (no {missing}); give a folder that "
             f"save_pretrained wrote ({CONFIG} and {WEIGHTS}), or a pipeline folder with {PIPELINE}"
         )
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{field}: {config_file} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("_class_name"), str):
+    config = read_json(config_file, field)
+    if not isinstance(config.get("_class_name"), str):
         raise UserError(f"{field}: {config_file} names no _class_name; give a folder that save_pretrained wrote")
     return config["_class_name"], config, load_weights(weights, field)
 
@@ -87,10 +98,7 @@ def write_pipeline(
 def read_pipeline(folder: Path, field: str) -> dict[str, tuple[str, str]]:
     """Each part of the pipeline folder ``folder``: its folder name -> (library, class);
     parts set to null (a pipeline's absent safety checker) are left out."""
-    try:
-        index = json.loads((folder / PIPELINE).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{field}: {folder / PIPELINE} is not valid JSON ({exc})") from None
+    index = read_json(folder / PIPELINE, field)
     return {
         name: (value[0], value[1])
         for name, value in index.items()
