@@ -11,12 +11,22 @@ from tasks.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGINS = Path(__file__).resolve().parent / "plugins"
+OLD_RUNS = Path(__file__).resolve().parent / "fixtures" / "old_runs"
 
 
 @pytest.fixture
 def registry():
     """A fresh registry of the installed built-ins only (third-party autoload off)."""
     return load_registry(env={"LDM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+
+@pytest.fixture
+def old_runs(tmp_path):
+    """Copies of the stored tiny runs (tests/fixtures/old_runs: ``old-ae``, ``old-ldm``) in
+    ``tmp_path/runs``, the ``cli`` fixture's working directory; returns that folder."""
+    for run in (p for p in OLD_RUNS.iterdir() if p.is_dir()):
+        shutil.copytree(run, tmp_path / "runs" / run.name)
+    return tmp_path / "runs"
 
 
 @pytest.fixture

@@ -106,14 +106,8 @@ def test_an_exported_run_loads_in_diffusers_with_the_same_outputs(cli, imported_
     assert again.vqvae.config.scaling_factor == 0.5
 
 
-def test_an_export_of_what_diffusers_cannot_express_is_refused_and_writes_nothing(cli, tmp_path):
+def test_an_export_of_what_diffusers_cannot_express_is_refused_and_writes_nothing(cli, old_runs, tmp_path):
     """The stored tiny runs' UNet has its own attention norm epsilon."""
-    import shutil
-    from pathlib import Path
-
-    fixture = Path(__file__).resolve().parent / "fixtures" / "old_runs"
-    for run in (p for p in fixture.iterdir() if p.is_dir()):
-        shutil.copytree(run, tmp_path / "runs" / run.name)
     code, _, err = cli(write(tmp_path, "export.json", spec("export_checkpoint", "out", model={"run": "old-ldm"})))
     assert code == 2
     assert (

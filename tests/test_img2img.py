@@ -3,8 +3,6 @@ runs (tests/fixtures/old_runs: ``old-ldm``, a class-conditional LDM on 8 px grey
 ``old-ae``, a KL first stage with f=2). Masks: 1 (white) is where to generate."""
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +12,6 @@ from PIL import Image
 from core.masks import RandomMasks, latent_keep_mask, random_mask
 from tasks.api import load
 from tasks.ldm.generation import LatentStart, generate
-
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
-
-
-@pytest.fixture
-def runs(tmp_path):
-    for run in (p for p in FIXTURE.iterdir() if p.is_dir()):
-        shutil.copytree(run, tmp_path / "runs" / run.name)
-    return tmp_path / "runs"
 
 
 def digits(count):
@@ -44,8 +33,8 @@ def save_mask(tmp_path, name, mask):
     return path
 
 
-def test_strength_0_gives_the_init_image_through_the_first_stage(runs):
-    pipe = load("old-ldm", runs_dir=runs)
+def test_strength_0_gives_the_init_image_through_the_first_stage(old_runs):
+    pipe = load("old-ldm", runs_dir=old_runs)
     images = digits(2)
     out = pipe.sample({"label": [1, 2]}, init=images, strength=0.0, steps=4, seed=3)
     with torch.random.fork_rng():
@@ -56,8 +45,8 @@ def test_strength_0_gives_the_init_image_through_the_first_stage(runs):
     assert torch.allclose(out, torch.cat(expected), atol=1e-6)
 
 
-def test_replacement_keeps_the_init_latent_outside_the_hole(runs):
-    pipe = load("old-ldm", runs_dir=runs)
+def test_replacement_keeps_the_init_latent_outside_the_hole(old_runs):
+    pipe = load("old-ldm", runs_dir=old_runs)
     torch.manual_seed(0)
     init = torch.randn(2, *pipe.latent_shape)
     hole = torch.stack([random_mask((8, 8), torch.Generator().manual_seed(s), "box") for s in (0, 1)])
@@ -76,8 +65,8 @@ def test_replacement_keeps_the_init_latent_outside_the_hole(runs):
     assert (out - init).mul(1 - keep).abs().max() > 1e-2, "the hole is generated"
 
 
-def test_inpainted_images_keep_the_pixels_outside_the_hole(runs):
-    pipe = load("old-ldm", runs_dir=runs)
+def test_inpainted_images_keep_the_pixels_outside_the_hole(old_runs):
+    pipe = load("old-ldm", runs_dir=old_runs)
     images = digits(2)
     masks = torch.stack([random_mask((8, 8), torch.Generator().manual_seed(s), "box") for s in (5, 6)])
     out = pipe.sample({"label": [1, 2]}, init=images, masks=masks, steps=4, seed=0)
@@ -89,14 +78,14 @@ def sample_spec(name, **extra):
     return {"task": "sample", "name": name, "model": {"run": "old-ldm"}, "sampling": {"steps": 4}, **extra}
 
 
-def test_each_manifest_line_of_an_inpainting_sample_makes_its_image_again(cli, runs, tmp_path):
+def test_each_manifest_line_of_an_inpainting_sample_makes_its_image_again(cli, old_runs, tmp_path):
     files = [str(save(tmp_path, f"init{i}.png", image)) for i, image in enumerate(digits(2))]
     init = {"images": files, "strength": 0.8, "masks": {"generate": {"kind": "mixed"}}}
     spec = sample_spec("inpaint", conditions={"label": [4, 7]}, repeat=2, init=init, seed=11)
     (tmp_path / "s.json").write_text(json.dumps(spec))
     code, _, err = cli(tmp_path / "s.json")
     assert code == 0, err
-    lines = [json.loads(line) for line in (runs / "inpaint" / "manifest.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (old_runs / "inpaint" / "manifest.jsonl").read_text().splitlines()]
     assert [line["seed"] for line in lines] == [11, 12, 13, 14]
     assert [line["init"] for line in lines] == [files[0], files[0], files[1], files[1]]
     assert lines[0]["mask"] == {"generate": RandomMasks().model_dump(mode="json")} and lines[0]["strength"] == 0.8
@@ -116,17 +105,18 @@ def test_each_manifest_line_of_an_inpainting_sample_makes_its_image_again(cli, r
     (tmp_path / "again.json").write_text(json.dumps(again))
     code, _, err = cli(tmp_path / "again.json")
     assert code == 0, err
-    assert (runs / "again" / "images" / "00000.png").read_bytes() == (runs / "inpaint" / line["file"]).read_bytes()
+    again = (old_runs / "again" / "images" / "00000.png").read_bytes()
+    assert again == (old_runs / "inpaint" / line["file"]).read_bytes()
 
 
-def test_init_and_masks_from_the_data(cli, runs, tmp_path):
-    data = json.loads((runs / "old-ldm" / "spec.json").read_text())["data"]
+def test_init_and_masks_from_the_data(cli, old_runs, tmp_path):
+    data = json.loads((old_runs / "old-ldm" / "spec.json").read_text())["data"]
     masks = {"files": [str(save_mask(tmp_path, "m.png", random_mask((8, 8), torch.Generator(), "box")))] * 2}
     spec = sample_spec("from-data", data=data, data_indices=[3, 9], init={"images": "data", "masks": masks})
     (tmp_path / "s.json").write_text(json.dumps(spec))
     code, _, err = cli(tmp_path / "s.json")
     assert code == 0, err
-    lines = [json.loads(line) for line in (runs / "from-data" / "manifest.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (old_runs / "from-data" / "manifest.jsonl").read_text().splitlines()]
     assert [line["init"] for line in lines] == ["digits[3].image", "digits[9].image"]
     assert lines[0]["condition"]["data_index"] == 3 and lines[0]["mask"] == masks["files"][0]
 
@@ -143,7 +133,7 @@ def test_init_and_masks_from_the_data(cli, runs, tmp_path):
         ({"images": ["ok.png"], "masks": {"generate": {"coverage": [0.6, 0.2]}}}, "coverage [0.6, 0.2] is not a range"),
     ],
 )
-def test_bad_init_is_one_clear_error_and_writes_nothing(cli, runs, tmp_path, init, message):
+def test_bad_init_is_one_clear_error_and_writes_nothing(cli, old_runs, tmp_path, init, message):
     save(tmp_path, "ok.png", digits(1)[0])
     Image.new("L", (16, 8)).save(tmp_path / "big.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "rgb.png")
@@ -151,4 +141,4 @@ def test_bad_init_is_one_clear_error_and_writes_nothing(cli, runs, tmp_path, ini
     code, _, err = cli(tmp_path / "s.json")
     assert code == 2, err
     assert message in err and err.count("\n") == 1, err
-    assert not (runs / "bad").exists()
+    assert not (old_runs / "bad").exists()

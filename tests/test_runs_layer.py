@@ -3,10 +3,8 @@ and ``--dry-run`` / ``--list`` printing what a run will use. Works on copies of 
 old runs (tests/fixtures/old_runs: a tiny KL first stage ``old-ae`` and an LDM ``old-ldm``)."""
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -35,20 +33,12 @@ NEW_LDM = {
 }
 
 
-@pytest.fixture
-def runs(tmp_path):
-    """Copies of the stored runs in ``tmp_path/runs`` (the ``cli`` fixture's working directory)."""
-    for run in (p for p in FIXTURE.iterdir() if p.is_dir()):
-        shutil.copytree(run, tmp_path / "runs" / run.name)
-    return tmp_path / "runs"
-
-
 def write(path, spec):
     path.write_text(json.dumps(spec))
     return path
 
 
-def test_dry_run_fills_the_denoisers_sizes_and_the_runtime(cli, runs, tmp_path):
+def test_dry_run_fills_the_denoisers_sizes_and_the_runtime(cli, old_runs, tmp_path):
     code, out, err = cli(write(tmp_path / "ldm.json", NEW_LDM), "--dry-run")
     assert code == 0, err
     resolved = json.loads(out)
@@ -56,7 +46,7 @@ def test_dry_run_fills_the_denoisers_sizes_and_the_runtime(cli, runs, tmp_path):
     assert (params["in_channels"], params["out_channels"], params["context_dim"]) == (2, 2, 16)
     assert params["vector_dim"] is None
     assert resolved["runtime"]["accelerator"] == "cpu" and resolved["runtime"]["strategy"] == "single_device"
-    assert not (runs / "new-ldm").exists(), "a dry run writes nothing"
+    assert not (old_runs / "new-ldm").exists(), "a dry run writes nothing"
 
 
 def test_dry_run_of_a_pipeline_resolves_each_stage_from_the_earlier_ones(cli):
@@ -80,7 +70,7 @@ def test_dry_run_of_an_ldm_on_a_run_that_does_not_exist_is_the_runs_error(cli, t
     assert err.count("\n") == 1 and "first_stage.run: 'nowhere' is not a run" in err
 
 
-def test_a_run_of_the_wrong_task_is_refused_naming_both(cli, runs, tmp_path):
+def test_a_run_of_the_wrong_task_is_refused_naming_both(cli, old_runs, tmp_path):
     spec = {"task": "sample", "name": "s", "model": {"run": "old-ae"}, "conditions": {"label": [1]}}
     code, _, err = cli(write(tmp_path / "s.json", spec))
     assert code == 2
@@ -88,10 +78,10 @@ def test_a_run_of_the_wrong_task_is_refused_naming_both(cli, runs, tmp_path):
         "model.run: 'old-ae' is a train_autoencoder run, which holds no latent diffusion model; give a train_ldm or "
         "import_checkpoint run" in err
     )
-    assert not (runs / "s").exists()
+    assert not (old_runs / "s").exists()
 
 
-def test_a_latent_stats_run_is_a_latent_space_train_ldm_can_use(cli, runs, tmp_path):
+def test_a_latent_stats_run_is_a_latent_space_train_ldm_can_use(cli, old_runs, tmp_path):
     stats = {
         "task": "latent_stats",
         "name": "stats",
@@ -100,16 +90,16 @@ def test_a_latent_stats_run_is_a_latent_space_train_ldm_can_use(cli, runs, tmp_p
     }
     code, _, err = cli(write(tmp_path / "stats.json", stats))
     assert code == 0, err
-    written = load_file(str(runs / "stats" / "latent_stats.safetensors"))
+    written = load_file(str(old_runs / "stats" / "latent_stats.safetensors"))
 
-    space = load_latent_space(RunRef(run="stats"), context(load_registry(), runs), "first_stage")
+    space = load_latent_space(RunRef(run="stats"), context(load_registry(), old_runs), "first_stage")
     assert torch.equal(space.mean.flatten(), written["mean"]) and torch.equal(space.std.flatten(), written["std"])
-    own = load_latent_space(RunRef(run="old-ae"), context(load_registry(), runs), "first_stage")
+    own = load_latent_space(RunRef(run="old-ae"), context(load_registry(), old_runs), "first_stage")
     assert not torch.equal(space.mean, own.mean), "the validation split's statistics, not the stored ones"
 
     code, _, err = cli(write(tmp_path / "ldm.json", {**NEW_LDM, "first_stage": {"run": "stats"}}))
     assert code == 0, err
-    reads = json.loads((runs / "new-ldm" / "environment.json").read_text())["starts"][0]["reads"]
+    reads = json.loads((old_runs / "new-ldm" / "environment.json").read_text())["starts"][0]["reads"]
     assert [Path(p).name for p in reads] == ["step-00000004.safetensors", "latent_stats.safetensors"]
 
 

@@ -3,21 +3,28 @@ images (image i from seed i), rank 0 writes, and the images (and figures) are th
 makes (on the stored tiny class-conditional LDM of tests/fixtures/old_runs)."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
+
+def run_task(folder, spec_file, name, *extra):
+    """Run ``spec_file`` in a fresh process from ``folder`` under the run name ``name``; the run's folder."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.run", spec_file, "--set", f"name={name}", *extra],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return folder / "runs" / name
 
 
-def test_two_processes_sample_the_images_one_process_samples(tmp_path):
-    for run in (p for p in FIXTURE.iterdir() if p.is_dir()):
-        shutil.copytree(run, tmp_path / "runs" / run.name)
+def test_two_processes_sample_the_images_one_process_samples(old_runs, tmp_path):
     spec = {
         "spec_version": 1,
         "task": "sample",
@@ -30,19 +37,8 @@ def test_two_processes_sample_the_images_one_process_samples(tmp_path):
         "runtime": {"accelerator": "cpu"},
     }
     (tmp_path / "sample.json").write_text(json.dumps(spec))
-
-    def sample(name, *extra):
-        done = subprocess.run(
-            [sys.executable, "-m", "tasks.run", "sample.json", "--set", f"name={name}", *extra],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        return tmp_path / "runs" / name
-
-    one, two = sample("one"), sample("two", "--set", "runtime.devices=2")
+    one = run_task(tmp_path, "sample.json", "one")
+    two = run_task(tmp_path, "sample.json", "two", "--set", "runtime.devices=2")
     lines = [(run / "manifest.jsonl").read_text().splitlines() for run in (one, two)]
     assert len(lines[0]) == 5 and [json.loads(a)["seed"] for a in lines[0]] == [json.loads(b)["seed"] for b in lines[1]]
     for k in range(5):
@@ -52,9 +48,7 @@ def test_two_processes_sample_the_images_one_process_samples(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_evaluate_to_the_figures_one_process_gives(tmp_path):
-    for run in (p for p in FIXTURE.iterdir() if p.is_dir()):
-        shutil.copytree(run, tmp_path / "runs" / run.name)
+def test_two_processes_evaluate_to_the_figures_one_process_gives(old_runs, tmp_path):
     spec = {
         "spec_version": 1,
         "task": "evaluate",
@@ -66,19 +60,10 @@ def test_two_processes_evaluate_to_the_figures_one_process_gives(tmp_path):
         "runtime": {"accelerator": "cpu"},
     }
     (tmp_path / "eval.json").write_text(json.dumps(spec))
-
-    def evaluate(name, *extra):
-        done = subprocess.run(
-            [sys.executable, "-m", "tasks.run", "eval.json", "--set", f"name={name}", *extra],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads((tmp_path / "runs" / name / "eval.json").read_text())["metrics"]
-
-    one, two = evaluate("one"), evaluate("two", "--set", "runtime.devices=2")
+    one, two = (
+        json.loads((run_task(tmp_path, "eval.json", name, *extra) / "eval.json").read_text())["metrics"]
+        for name, extra in (("one", ()), ("two", ("--set", "runtime.devices=2")))
+    )
     assert one.keys() == two.keys() and one
     for key, value in one.items():
         if isinstance(value, float):
