@@ -390,11 +390,11 @@ def test_data_a_conditioner_cannot_take_is_refused_before_anything_is_written(tm
     assert not (tmp_path / "runs" / "bad-data").exists()
 
 
-def _cache_folder(runs, dtype):
+def _first_stage_and_data(runs):
+    """The module's trained first stage and its LDM dataset: (first stage, dataset spec, dataset spec as JSON)."""
     from core.specs import DatasetSpec
     from tasks.autoencoder.spec import TrainAutoencoderSpec
     from tasks.cli.catalog import context
-    from tasks.ldm.cache import cache_key
     from tasks.runs.spec import RunRef
     from tasks.runs.trained import load_trained
 
@@ -402,8 +402,33 @@ def _cache_folder(runs, dtype):
     trained = load_trained(
         RunRef(run="ae"), context(registry, runs / "runs"), "first_stage", TrainAutoencoderSpec, "first_stage"
     )
-    data_spec = DatasetSpec.model_validate(LDM["data"], context={"registry": registry}).model_dump(mode="json")
-    return runs / "runs" / ".latent-cache" / cache_key(trained.module, data_spec, ["label"], dtype)
+    data = DatasetSpec.model_validate(LDM["data"], context={"registry": registry})
+    return trained.module, data, data.model_dump(mode="json")
+
+
+def _cache_folder(runs, dtype):
+    from tasks.ldm.cache import cache_key
+
+    first_stage, _, data_spec = _first_stage_and_data(runs)
+    return runs / "runs" / ".latent-cache" / cache_key(first_stage, data_spec, ["label"], dtype)
+
+
+def test_a_cache_read_by_loader_workers_in_small_batches_holds_what_one_process_stored(runs, tmp_path):
+    """The module's cache was built in one process, 64 images at a time."""
+    from lightning_fabric import Fabric
+
+    from tasks.ldm.cache import build_cache
+
+    first_stage, data, data_spec = _first_stage_and_data(runs)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    folder, reused = build_cache(
+        fabric, first_stage, data.build(), data_spec, ["label"], tmp_path, batch_size=7, num_workers=2
+    )
+    stored = _cache_folder(runs, "float32")
+    assert not reused and folder.name == stored.name
+    moments, expected = (np.load(f / "moments.npy") for f in (folder, stored))
+    assert moments.shape == expected.shape and np.abs(moments - expected).max() <= 1e-6 * np.abs(expected).max()
+    assert np.array_equal(np.load(folder / "label.npy"), np.load(stored / "label.npy"))
 
 
 def test_a_disk_too_small_for_the_cache_is_refused_before_it_is_written(runs, monkeypatch, capsys):

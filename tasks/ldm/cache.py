@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from core import Dataset, FirstStage, UserError
@@ -53,6 +53,11 @@ def _store_field(values: list[Any], folder: Path, name: str) -> None:
     np.save(folder / f"{name}.npy", array)
 
 
+def _examples(examples: list[dict[str, Any]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    """A loader's batch: the images stacked, and the examples as they are (for their fields)."""
+    return torch.stack([example["image"] for example in examples]), examples
+
+
 def check_room(folder: Path, count: int, shape: Sequence[int], dtype: str, out: TextIO) -> None:
     """Print the size of a cache of ``count`` moments of ``shape`` in ``dtype``; a
     :class:`UserError` if the disk under ``folder`` has not that much free (with 5% to spare)."""
@@ -76,13 +81,15 @@ def build_cache(
     runs_dir: Path,
     batch_size: int = 64,
     dtype: str = "float32",
+    num_workers: int = 0,
     out: TextIO = sys.stderr,
 ) -> tuple[Path, bool]:
     """The cache folder for this first stage, dataset and fields: (path, whether it was reused).
 
     Rank 0 encodes every example in batches of ``batch_size`` on the first stage's device when
-    no cache exists, storing ``dtype`` (its size said on ``out``, the progress on stderr);
-    other processes wait for it.
+    no cache exists, its images read by ``num_workers`` loader processes (pinned on CUDA), and
+    stores ``dtype`` (its size said on ``out``, the progress on stderr); other processes wait
+    for it.
     """
     folder = runs_dir / CACHE_DIR / cache_key(first_stage, data_spec, fields, dtype)
     reused = folder.is_dir()
@@ -90,17 +97,23 @@ def build_cache(
         folder.parent.mkdir(parents=True, exist_ok=True)
         partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         store, values = None, {name: [] for name in fields}
-        batches = range(0, len(dataset), batch_size)
-        for start in tqdm(batches, desc="latent cache", unit="batch", dynamic_ncols=True):
-            examples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([example["image"] for example in examples])
-            moments = first_stage.moments(images.to(fabric.device)).float().cpu().numpy()
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_examples,
+            pin_memory=fabric.device.type == "cuda",
+        )
+        start = 0
+        for images, examples in tqdm(loader, desc="latent cache", unit="batch", dynamic_ncols=True):
+            moments = first_stage.moments(images.to(fabric.device, non_blocking=True)).float().cpu().numpy()
             if store is None:
                 shape = (len(dataset), *moments.shape[1:])
                 check_room(folder, len(dataset), moments.shape[1:], dtype, out)
                 partial.mkdir()
                 store = np.lib.format.open_memmap(partial / "moments.npy", mode="w+", dtype=dtype, shape=shape)
             store[start : start + len(moments)] = moments
+            start += len(moments)
             for name in fields:
                 values[name].extend(example[name] for example in examples)
         store.flush()

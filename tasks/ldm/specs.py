@@ -127,6 +127,9 @@ class TrainLdmSpec(TrainingTaskSpec):
     cache_dtype: Literal["float32", "float16"] = Field(
         "float32", description="How the latent cache stores the first stage's moments (float16: half the disk)."
     )
+    cache_batch_size: PositiveInt = Field(
+        64, description="Images encoded at once while the cache is built (raise it on a GPU: the encoder is frozen)."
+    )
 
     def trained_components(self) -> dict[str, Callable[[], nn.Module]]:
         """The denoiser with its conditioners, saved as ``ldm``."""

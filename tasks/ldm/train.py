@@ -79,7 +79,9 @@ class LdmObjective(Objective):
             data_spec,
             fields,
             self.ctx.runs_dir,
+            batch_size=self.spec.cache_batch_size,
             dtype=self.spec.cache_dtype,
+            num_workers=self.spec.train.num_workers,
             out=self.ctx.out,
         )
         if fabric.is_global_zero:
