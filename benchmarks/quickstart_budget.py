@@ -8,10 +8,11 @@ over the logged steps per second: training only, no start-up, cache or sample gr
 command's wall-clock time, the autoencoder's validation PSNR and what `evaluate` measures
 (class accuracy and the Frechet ratio against real train-vs-validation digits).
 
+    git show a821e5c:configs/quickstart.json > /tmp/quickstart_before.json  # before issue #22
     python benchmarks/quickstart_budget.py --out /tmp/budget --rounds 2 \\
-        --variant before benchmarks/quickstart_before.json \\
+        --variant before /tmp/quickstart_before.json \\
         --variant now configs/quickstart.json \\
-        --variant ldm1750 configs/quickstart.json stages.1.train.max_steps=1750
+        --variant ldm1200 configs/quickstart.json stages.1.train.max_steps=1200
 
 The reference classifier is trained once and shared by every run (a link to one cache).
 """
