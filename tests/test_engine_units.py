@@ -115,7 +115,12 @@ def test_loading_weights_of_another_configuration_lists_every_mismatch():
     ("runtime", "message"),
     [
         ({"precision": "16-mixed", "accelerator": "cpu"}, "runtime.precision: '16-mixed' needs a GPU"),
-        ({"strategy": "fsdp", "accelerator": "cpu"}, "runtime.strategy: 'fsdp' is not supported"),
+        ({"strategy": "fsdp", "accelerator": "cpu"}, "runtime.strategy: 'fsdp' shards the weights over processes"),
+        ({"strategy": "fsdp", "devices": 2, "compile": True}, "runtime.compile: True is not supported with fsdp"),
+        (
+            {"strategy": "fsdp", "devices": 2, "memory_format": "channels_last"},
+            "runtime.memory_format: 'channels_last' cannot be sharded",
+        ),
         (
             {"devices": 2, "strategy": "single_device", "accelerator": "cpu"},
             "runtime.strategy: 'single_device' runs one process",
@@ -134,6 +139,8 @@ def test_cuda_without_a_gpu_is_refused_and_auto_resolves_to_what_runs():
     resolved = resolve_runtime(RuntimeSpec(devices=2))
     assert (resolved.accelerator, resolved.strategy) == ("cpu", "ddp")
     assert resolve_runtime(RuntimeSpec()).strategy == "single_device"
+    assert resolved.memory_format == "channels_last"
+    assert resolve_runtime(RuntimeSpec(devices=2, strategy="fsdp")).memory_format == "contiguous"
 
 
 def test_batch_indices_carry_their_epoch():

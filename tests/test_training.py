@@ -293,12 +293,15 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path, ae
     assert sorted(k for k in two if k.startswith("rng/") and k.endswith("/torch")) == ["rng/0/torch", "rng/1/torch"]
 
 
-def test_a_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(ae_spec, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_signal_to_one_of_two_processes_stops_both_with_a_checkpoint(ae_spec, tmp_path, strategy):
     proc = start(
         ae_spec,
         tmp_path,
         "--set",
         "runtime.devices=2",
+        "--set",
+        f"runtime.strategy={strategy}",
         "--set",
         "train.batch_size=4",
         "--set",

@@ -48,6 +48,12 @@ class TrainAutoencoderSpec(TrainingTaskSpec):
                 f"by the model's downsampling factor f={latent.factor}; use an image size that is a multiple of "
                 f"{latent.factor}"
             )
+        adversarial = self.loss.adversarial
+        if self.runtime.strategy == "fsdp" and adversarial is not None and adversarial.adaptive:
+            raise ValueError(
+                "loss.adversarial.adaptive: the adaptive weight differentiates through the decoder's last layer, "
+                "which fsdp shards; set adaptive to false or runtime.strategy to ddp"
+            )
         return self
 
 

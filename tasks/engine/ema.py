@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from tasks.engine.sharding import full_state_dict, load_full_state_dict
 from tasks.engine.specs import EmaSpec
 from tasks.runs.checkpoint import UPDATES_KEY
 
@@ -69,11 +70,11 @@ class Ema:
         return shadows, values, others
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The averaged weights, plus the update count under :data:`UPDATES_KEY`."""
-        return {**self.model.state_dict(), UPDATES_KEY: torch.tensor(self.updates)}
+        """The averaged weights (whole, if sharded: a collective), plus the update count under :data:`UPDATES_KEY`."""
+        return {**full_state_dict(self.model), UPDATES_KEY: torch.tensor(self.updates)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
         state = dict(state)
         self.updates = int(state.pop(UPDATES_KEY))
-        self.model.load_state_dict(state, strict=True)
+        load_full_state_dict(self.model, state)

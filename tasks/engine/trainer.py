@@ -30,10 +30,21 @@ from core import Dataset, UserError
 from tasks.engine.data import StepBatches, make_loader
 from tasks.engine.ema import Ema
 from tasks.engine.errors import Interrupted, TrainingFailed
-from tasks.engine.fabric import make_fabric
+from tasks.engine.fabric import data_parallel_mesh, make_fabric, sharded_compute_dtype
 from tasks.engine.monitor import Monitor
 from tasks.engine.objective import Objective
 from tasks.engine.optim import learning_rate, make_optimizer, set_learning_rate
+from tasks.engine.sharding import (
+    check_shardable,
+    full_optimizer_state,
+    full_state_dict,
+    gathered,
+    is_sharded,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    shard,
+    whole,
+)
 from tasks.engine.specs import OptimizerSpec, TrainingTaskSpec
 from tasks.runs.checkpoint import (
     Checkpoints,
@@ -161,7 +172,7 @@ def _finish(session: _Session, run_dir: Path) -> dict[str, Tensor]:
     models = {name: session.emas[name].model if name in session.emas else m for name, m in session.originals.items()}
     modes = {name: module.training for name, module in models.items()}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), gathered(*models.values()):
             evaluated = {name: module.eval() for name, module in models.items()}
             return session.objective.finish(session.fabric, evaluated, run_dir)
     finally:
@@ -265,13 +276,20 @@ def _set_up(
         # Compiled kernels draw random numbers as eager code does (inductor has its own
         # generator otherwise), so a compiled run samples the noise an eager one samples.
         torch._inductor.config.fallback_random = True
+    mesh = data_parallel_mesh(fabric)
     for name, opt_spec in optimizer_specs.items():
+        if mesh is not None:
+            check_shardable(originals[name], name)
         # Checkpoints and EMAs keep to the originals, so compiled and eager runs load each other.
         net = torch.compile(originals[name]) if spec.runtime.compile else originals[name]
-        module, optimizers[name] = fabric.setup(net, make_optimizer(opt_spec, originals[name]))
-        objective.nets[name] = module
-    for ema in emas.values():
-        fabric.to_device(ema.model)
+        # The optimiser after the module: sharding replaces the parameters with their shards.
+        objective.nets[name] = fabric.setup_module(net)
+        optimizers[name] = fabric.setup_optimizers(make_optimizer(opt_spec, originals[name]))
+    for name, ema in emas.items():
+        if mesh is None:
+            fabric.to_device(ema.model)
+        else:
+            shard(ema.model, mesh, sharded_compute_dtype(spec.runtime), like=originals[name])
     objective.setup(fabric)
     return _Session(fabric, spec, objective, originals, emas, optimizers, optimizer_specs, dataset)
 
@@ -285,11 +303,14 @@ def _restore(session: _Session, resume_from: Path | None) -> None:
         return
     state = read_state(resume_from)
     for name, module in session.originals.items():
-        load_weights(module, state.models[name], f"{resume_from} ({name})")
+        if is_sharded(module):
+            load_full_state_dict(module, state.models[name])
+        else:
+            load_weights(module, state.models[name], f"{resume_from} ({name})")
         if name in session.emas:
             session.emas[name].load_state_dict(state.ema[name])
     for name, optimizer in session.optimizers.items():
-        optimizer.load_state_dict(state.optimizers[name])
+        load_full_optimizer_state(session.originals[name], optimizer, state.optimizers[name])
         _state_in_parameter_layout(optimizer)
     restore_rng(state.rng[fabric.global_rank])
     session.start, session.position, session.last = state.step, state.data_position, resume_from
@@ -320,14 +341,18 @@ def _save(session: _Session, checkpoints: Checkpoints, step: int, extra: dict[st
         rngs = [None] * fabric.world_size
         torch.distributed.all_gather_object(rngs, capture_rng())
     path = checkpoints.path_for(step)
+    # Every process takes part in gathering sharded weights; rank 0 writes them.
+    models = {n: full_state_dict(m) for n, m in session.originals.items()}
+    emas = {n: e.state_dict() for n, e in session.emas.items()}
+    optimizers = {n: full_optimizer_state(session.originals[n], o) for n, o in session.optimizers.items()}
     if fabric.is_global_zero:
         checkpoints.save(
             TrainingState(
                 step=step,
                 data_position=step * session.spec.train.accumulate,
-                models={n: m.state_dict() for n, m in session.originals.items()},
-                ema={n: e.state_dict() for n, e in session.emas.items()},
-                optimizers={n: o.state_dict() for n, o in session.optimizers.items()},
+                models=models,
+                ema=emas,
+                optimizers=optimizers,
                 rng=rngs,
                 extra=extra or {},
             )
@@ -347,8 +372,10 @@ def _update(session: _Session, name: str, micro: list[dict[str, Any]], step: int
         other.zero_grad(set_to_none=True)
     loss, terms = _backward(fabric, session.objective, name, micro, step)
     # An infinite max_norm measures the norm for logging and leaves the gradients as they are.
-    norm = fabric.clip_gradients(
-        session.objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
+    norm = whole(
+        fabric.clip_gradients(
+            session.objective.nets[name], optimizer, max_norm=cfg.grad_clip or math.inf, error_if_nonfinite=False
+        )
     )
     fp16 = session.spec.runtime.precision == "16-mixed"  # the grad scaler skips non-finite steps itself
     _mark_non_finite(session, loss, torch.as_tensor(norm), step + 1, not fp16)
@@ -399,7 +426,7 @@ def _log(session: _Session, monitor: Monitor, rate: _Rate, done: int, logs: dict
         logs["throughput/examples_per_s"] = steps_per_s * cfg.batch_size * cfg.accumulate * session.fabric.world_size
         monitor.scalars(done, logs)
     if cfg.image_every and done % cfg.image_every == 0:
-        with torch.no_grad():
+        with torch.no_grad(), gathered(*session.originals.values()):
             for tag, images in session.objective.images(batch).items():
                 monitor.images(done, tag, images)
 

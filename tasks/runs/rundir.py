@@ -32,8 +32,9 @@ import torch
 from core import UserError
 from core.loader import LoadedRegistry
 
-# Fields a resumed run may change: extending training is what resuming is often for.
-RESUMABLE_CHANGES = {"train.max_steps", "runtime.compile"}
+# Fields a resumed run may change: extending training is what resuming is often for; compiled
+# and eager, sharded and whole runs, channels-last and contiguous weights write the same checkpoints.
+RESUMABLE_CHANGES = {"train.max_steps", "runtime.compile", "runtime.strategy", "runtime.memory_format"}
 PARTIAL_PREFIX = ".tmp-"
 
 

@@ -19,6 +19,45 @@ def _refuse(field: str, value: object, why: str, fix: str) -> UserError:
     return UserError(f"runtime.{field}: {value!r} {why}; {fix}")
 
 
+def _sharing(runtime: RuntimeSpec, accelerator: str) -> tuple[str, str]:
+    """The resolved (strategy, memory_format): how processes share the work, and the weights' layout it allows."""
+    processes = runtime.devices * runtime.num_nodes
+    strategy = runtime.strategy
+    if strategy == "auto":
+        strategy = "ddp" if processes > 1 else "single_device"
+    if strategy == "single_device" and processes > 1:
+        raise _refuse(
+            "strategy",
+            strategy,
+            f"runs one process but devices x num_nodes is {processes}",
+            'use "ddp" or "auto", or set devices to 1',
+        )
+    if strategy == "fsdp" and processes == 1:
+        raise _refuse(
+            "strategy",
+            strategy,
+            "shards the weights over processes but devices x num_nodes is 1",
+            "set devices to 2 or more",
+        )
+    if strategy == "fsdp" and accelerator not in ("cpu", "cuda"):
+        raise _refuse(
+            "strategy", strategy, f"cannot run on {accelerator} (no collective backend)", 'use "cpu" or "cuda"'
+        )
+    if strategy == "fsdp" and runtime.compile:
+        raise _refuse("compile", runtime.compile, "is not supported with fsdp yet", "set it to false")
+    if strategy == "fsdp" and runtime.memory_format == "channels_last":
+        raise _refuse(
+            "memory_format",
+            runtime.memory_format,
+            "cannot be sharded (fsdp shards contiguous weights only)",
+            'use "auto"',
+        )
+    memory_format = runtime.memory_format
+    if memory_format == "auto":
+        memory_format = "contiguous" if strategy == "fsdp" else "channels_last"
+    return strategy, memory_format
+
+
 def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     """``runtime`` with every "auto" replaced by what will run; a :class:`UserError` if it cannot run here."""
     cuda = torch.cuda.device_count()
@@ -39,26 +78,7 @@ def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
     if accelerator == "mps" and runtime.devices > 1:
         raise _refuse("devices", runtime.devices, "is more than MPS offers", "use 1")
 
-    processes = runtime.devices * runtime.num_nodes
-    strategy = runtime.strategy
-    if strategy == "auto":
-        strategy = "ddp" if processes > 1 else "single_device"
-    if strategy == "single_device" and processes > 1:
-        raise _refuse(
-            "strategy",
-            strategy,
-            f"runs one process but devices x num_nodes is {processes}",
-            'use "ddp" or "auto", or set devices to 1',
-        )
-    if strategy == "fsdp":
-        # FSDP shards the weights; our checkpoint writer saves whole state dicts, and the two
-        # are not joined yet, so refuse rather than write checkpoints that cannot be resumed.
-        raise _refuse(
-            "strategy",
-            strategy,
-            "is not supported by this version's checkpoints",
-            'use "ddp" (every process holds the whole model)',
-        )
+    strategy, memory_format = _sharing(runtime, accelerator)
     if runtime.precision == "16-mixed" and accelerator == "cpu":
         raise _refuse(
             "precision",
@@ -68,7 +88,7 @@ def resolve_runtime(runtime: RuntimeSpec) -> RuntimeSpec:
         )
     if runtime.precision == "bf16-mixed" and accelerator == "cuda" and not torch.cuda.is_bf16_supported():
         raise _refuse("precision", runtime.precision, "is not supported by this GPU", 'use "16-mixed" or "32-true"')
-    return runtime.model_copy(update={"accelerator": accelerator, "strategy": strategy})
+    return runtime.model_copy(update={"accelerator": accelerator, "strategy": strategy, "memory_format": memory_format})
 
 
 def is_rank_zero() -> bool:

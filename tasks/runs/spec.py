@@ -43,10 +43,11 @@ class RuntimeSpec(SpecModel):
     num_nodes: PositiveInt = 1
     strategy: Literal["auto", "single_device", "ddp", "fsdp"] = "auto"
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    memory_format: Literal["channels_last", "contiguous"] = Field(
-        "channels_last",
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto",
         description="How trained models hold their 4-d (convolution) weights; channels_last makes convolutions "
-        "faster on CPUs (oneDNN) and on GPUs with tensor cores, and gives the same results up to rounding.",
+        "faster on CPUs (oneDNN) and on GPUs with tensor cores, and gives the same results up to rounding; auto: "
+        "channels_last, except under fsdp, which shards contiguous weights only.",
     )
     compile: bool = Field(
         False,
