@@ -40,17 +40,10 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
     accumulated = sets("train.batch_size=2", "train.accumulate=2")
     sharded = checkpoint(train(ae_spec, tmp_path, "two", *SGD_NO_NOISE, *five, *FSDP, *accumulated), 5)
     one = checkpoint(train(ae_spec, tmp_path, "one", *SGD_NO_NOISE, *five, "--set", "train.batch_size=8"), 5)
-    start = checkpoint(
-        train(
-            ae_spec, tmp_path, "start", *SGD_NO_NOISE, *five, *sets("train.batch_size=8", "train.optimizer.lr=1e-30")
-        ),
-        5,
-    )
     weights = [k for k in one if k.startswith("model/")]
     assert set(weights) == {k for k in sharded if k.startswith("model/")}
     assert all(one[k].shape == sharded[k].shape for k in weights), "checkpoints hold whole tensors"
     assert max((one[k] - sharded[k]).abs().max().item() for k in weights) < 1e-6
-    assert max((one[k] - start[k]).abs().max().item() for k in weights) > 1e-4, "the steps moved the weights"
     rows = [json.loads(line) for line in (tmp_path / "runs" / "one" / "metrics.jsonl").read_text().splitlines()]
     norms = [row["grad_norm/first_stage"] for row in rows if "grad_norm/first_stage" in row]
     assert len(norms) == 5 and min(norms) > 0.02, "every step was clipped"
@@ -60,6 +53,8 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
     train(ae_spec, tmp_path, "ddp", *ddp, "--set", "train.max_steps=3")
     resumed = checkpoint(train(ae_spec, tmp_path, "ddp", *SGD_NO_NOISE, *five, *FSDP, *accumulated, "--resume"), 5)
     assert max((resumed[k] - sharded[k]).abs().max().item() for k in weights) < 1e-6
+    three = checkpoint(tmp_path / "runs" / "ddp", 3)
+    assert max((three[k] - sharded[k]).abs().max().item() for k in weights) > 1e-4, "the last 2 steps moved weights"
 
 
 @pytest.mark.slow
