@@ -102,6 +102,19 @@ def run_cli(tmp_path):
     return run
 
 
+def run_task(folder, spec_file, name, *extra):
+    """Run ``spec_file`` in a fresh process from ``folder`` under the run name ``name``; the run's folder."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.run", str(spec_file), "--set", f"name={name}", *extra],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return folder / "runs" / name
+
+
 def sets(*assignments):
     """Command-line arguments that set each ``key=value`` of ``assignments``: ``--set`` before each."""
     return [arg for assignment in assignments for arg in ("--set", assignment)]

@@ -4,8 +4,6 @@ other runs load, and the refusals; on the stored tiny LDM: the same steps as DDP
 checkpoint `sample` reads like any other."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,23 +12,11 @@ from torch import nn
 from core import UserError
 from tasks.api import load
 from tasks.engine.sharding import check_shardable, units
-from tests.conftest import sets
+from tests.conftest import run_task, sets
 from tests.test_training import SGD_NO_NOISE, assert_same_tensors, checkpoint, losses
 
 FSDP = sets("runtime.devices=2", "runtime.strategy=fsdp", "train.batch_size=4")
 CLIP_ACCUMULATE = sets("train.grad_clip=0.5", "train.accumulate=2")
-
-
-def train(spec, tmp_path, name, *extra):
-    done = subprocess.run(
-        [sys.executable, "-m", "tasks.run", str(spec), "--set", f"name={name}", *extra],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return tmp_path / "runs" / name
 
 
 @pytest.mark.slow
@@ -38,8 +24,8 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
     """Each sharded process accumulates two micro-batches of 2; both clip the whole gradient's norm."""
     five = sets("train.max_steps=5", "train.checkpoint_every=5", "train.grad_clip=0.02", "train.optimizer.lr=0.5")
     accumulated = sets("train.batch_size=2", "train.accumulate=2")
-    sharded = checkpoint(train(ae_spec, tmp_path, "two", *SGD_NO_NOISE, *five, *FSDP, *accumulated), 5)
-    one = checkpoint(train(ae_spec, tmp_path, "one", *SGD_NO_NOISE, *five, "--set", "train.batch_size=8"), 5)
+    sharded = checkpoint(run_task(tmp_path, ae_spec, "two", *SGD_NO_NOISE, *five, *FSDP, *accumulated), 5)
+    one = checkpoint(run_task(tmp_path, ae_spec, "one", *SGD_NO_NOISE, *five, "--set", "train.batch_size=8"), 5)
     weights = [k for k in one if k.startswith("model/")]
     assert set(weights) == {k for k in sharded if k.startswith("model/")}
     assert all(one[k].shape == sharded[k].shape for k in weights), "checkpoints hold whole tensors"
@@ -50,8 +36,8 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
     assert json.loads((tmp_path / "runs" / "two" / "spec.json").read_text())["runtime"]["strategy"] == "fsdp"
     # A DDP run (channels-last weights) resumed under fsdp takes the same steps.
     ddp = [*SGD_NO_NOISE, *five, *accumulated, *sets("runtime.devices=2", "runtime.strategy=ddp")]
-    train(ae_spec, tmp_path, "ddp", *ddp, "--set", "train.max_steps=3")
-    resumed = checkpoint(train(ae_spec, tmp_path, "ddp", *SGD_NO_NOISE, *five, *FSDP, *accumulated, "--resume"), 5)
+    run_task(tmp_path, ae_spec, "ddp", *ddp, "--set", "train.max_steps=3")
+    resumed = checkpoint(run_task(tmp_path, ae_spec, "ddp", *SGD_NO_NOISE, *five, *FSDP, *accumulated, "--resume"), 5)
     assert max((resumed[k] - sharded[k]).abs().max().item() for k in weights) < 1e-6
     three = checkpoint(tmp_path / "runs" / "ddp", 3)
     assert max((three[k] - sharded[k]).abs().max().item() for k in weights) > 1e-4, "the last 2 steps moved weights"
@@ -60,9 +46,9 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
 @pytest.mark.slow
 def test_a_sharded_run_resumes_bit_for_bit_and_its_checkpoint_loads_anywhere(tmp_path, ae_spec):
     """AdamW, EMA, clipping and accumulation, 3 + resume + 3 steps against 6; then the checkpoint in one process."""
-    whole = train(ae_spec, tmp_path, "whole", *FSDP, *CLIP_ACCUMULATE)
-    part = train(ae_spec, tmp_path, "part", *FSDP, *CLIP_ACCUMULATE, "--set", "train.max_steps=3")
-    resumed = train(ae_spec, tmp_path, "part", *FSDP, *CLIP_ACCUMULATE, "--resume")
+    whole = run_task(tmp_path, ae_spec, "whole", *FSDP, *CLIP_ACCUMULATE)
+    part = run_task(tmp_path, ae_spec, "part", *FSDP, *CLIP_ACCUMULATE, "--set", "train.max_steps=3")
+    resumed = run_task(tmp_path, ae_spec, "part", *FSDP, *CLIP_ACCUMULATE, "--resume")
     assert resumed == part
     a, b = checkpoint(part, 6), checkpoint(whole, 6)
     for prefix in ("model/", "ema/", "optim/"):
@@ -70,7 +56,7 @@ def test_a_sharded_run_resumes_bit_for_bit_and_its_checkpoint_loads_anywhere(tmp
     assert losses(part) == losses(whole)
     # One process starts from the sharded run's (EMA) weights; its checkpoint has the same tensors.
     init = sets("train.max_steps=1", 'train.init_from={"run": "whole"}', "train.optimizer.lr=1e-30")
-    single = checkpoint(train(ae_spec, tmp_path, "from-sharded", *init), 1)
+    single = checkpoint(run_task(tmp_path, ae_spec, "from-sharded", *init), 1)
     for prefix in ("model/", "ema/", "optim/"):
         keys = sorted(k for k in single if k.startswith(prefix))
         assert keys == sorted(k for k in b if k.startswith(prefix)), prefix
@@ -92,8 +78,8 @@ def test_a_sharded_ldm_takes_the_steps_ddp_takes_and_samples_from_its_checkpoint
         "train.optimizer.lr=0.01",
         "train.ema=null",
     )
-    sharded = checkpoint(train(path, tmp_path, "sharded", *steps, *sets("runtime.strategy=fsdp")), 4)
-    ddp = checkpoint(train(path, tmp_path, "ddp", *steps, *sets("runtime.strategy=ddp")), 4)
+    sharded = checkpoint(run_task(tmp_path, path, "sharded", *steps, *sets("runtime.strategy=fsdp")), 4)
+    ddp = checkpoint(run_task(tmp_path, path, "ddp", *steps, *sets("runtime.strategy=ddp")), 4)
     old = checkpoint(old_runs / "old-ldm", 4)
     weights = sorted(k for k in old if k.startswith("model/"))
     assert weights == sorted(k for k in sharded if k.startswith("model/"))

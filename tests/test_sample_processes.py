@@ -3,25 +3,12 @@ images (image i from seed i), rank 0 writes, and the images (and figures) are th
 makes (on the stored tiny class-conditional LDM of tests/fixtures/old_runs)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-
-def run_task(folder, spec_file, name, *extra):
-    """Run ``spec_file`` in a fresh process from ``folder`` under the run name ``name``; the run's folder."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tasks.run", spec_file, "--set", f"name={name}", *extra],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return folder / "runs" / name
+from tests.conftest import run_task
 
 
 def test_two_processes_sample_the_images_one_process_samples(old_runs, tmp_path):
