@@ -66,7 +66,8 @@ def test_a_sharded_run_resumes_bit_for_bit_and_its_checkpoint_loads_anywhere(tmp
 
 def test_a_sharded_ldm_takes_the_steps_ddp_takes_and_samples_from_its_checkpoint(old_runs, tmp_path):
     """The stored tiny LDM's spec (UNet, class-label conditioner, the frozen first stage kept
-    whole), 4 SGD steps on 2 processes; each rank draws the same noise under either strategy."""
+    whole), 4 SGD steps on 2 processes with sample grids on the way; each rank draws the same
+    noise under either strategy."""
     spec = json.loads((old_runs / "old-ldm" / "spec.json").read_text())
     path = tmp_path / "ldm.json"
     path.write_text(json.dumps({k: v for k, v in spec.items() if k != "spec_version"}))
@@ -77,8 +78,10 @@ def test_a_sharded_ldm_takes_the_steps_ddp_takes_and_samples_from_its_checkpoint
         "train.optimizer.name=sgd",
         "train.optimizer.lr=0.01",
         "train.ema=null",
+        "train.image_every=2",  # sampling mid-run with every unit gathered, then training on
     )
     sharded = checkpoint(run_task(tmp_path, path, "sharded", *steps, *sets("runtime.strategy=fsdp")), 4)
+    assert len(list((tmp_path / "runs" / "sharded" / "samples").glob("**/*.png"))) == 2, "grids at steps 2 and 4"
     ddp = checkpoint(run_task(tmp_path, path, "ddp", *steps, *sets("runtime.strategy=ddp")), 4)
     old = checkpoint(old_runs / "old-ldm", 4)
     weights = sorted(k for k in old if k.startswith("model/"))

@@ -106,6 +106,10 @@ def gathered(*models: nn.Module) -> Iterator[None]:
     """Every sharded unit of ``models`` whole for the block, so that any method may run on each
     process without collectives of its own (processes may run different amounts of work)."""
     sharded = [m for model in models for m in model.modules() if isinstance(m, FSDPModule)]
+    # FSDP2 keeps an outermost unit whole from its forward to its backward (so that methods
+    # such as a conditioner's "no condition" output may read its weights); units inside
+    # another reshard after their forward. Both are restored as they were.
+    nested = {id(inner) for unit in sharded for inner in unit.modules() if inner is not unit}
     for unit in sharded:
         unit.unshard()
         unit.set_reshard_after_forward(False, recurse=False)
@@ -114,7 +118,7 @@ def gathered(*models: nn.Module) -> Iterator[None]:
     finally:
         for unit in sharded:
             unit.reshard()
-            unit.set_reshard_after_forward(True, recurse=False)
+            unit.set_reshard_after_forward(id(unit) in nested, recurse=False)
 
 
 def whole(tensor: Tensor) -> Tensor:
