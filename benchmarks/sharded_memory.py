@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.out.exists():
+        parser.error(f"--out {args.out} exists; name a new folder")
     args.out.mkdir(parents=True)
     specs = {"ae": first_stage(), "ldm": ldm(args.channels, args.steps)}
     for name, spec in specs.items():

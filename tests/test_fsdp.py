@@ -41,6 +41,22 @@ def test_two_sharded_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_
     assert max((resumed[k] - sharded[k]).abs().max().item() for k in weights) < 1e-6
     three = checkpoint(tmp_path / "runs" / "ddp", 3)
     assert max((three[k] - sharded[k]).abs().max().item() for k in weights) > 1e-4, "the last 2 steps moved weights"
+    # A 1-process checkpoint resumes on 2 processes under fsdp as under ddp.
+    for strategy in ("fsdp", "ddp"):
+        run_task(
+            tmp_path, ae_spec, f"single-{strategy}", *SGD_NO_NOISE, *five, *accumulated, "--set", "train.max_steps=3"
+        )
+        two_processes = sets("runtime.devices=2", f"runtime.strategy={strategy}", "runtime.memory_format=auto")
+        run_task(
+            tmp_path, ae_spec, f"single-{strategy}", *SGD_NO_NOISE, *five, *accumulated, *two_processes, "--resume"
+        )
+    on = {strategy: checkpoint(tmp_path / "runs" / f"single-{strategy}", 5) for strategy in ("fsdp", "ddp")}
+    assert json.loads((tmp_path / "runs" / "single-fsdp" / "spec.json").read_text())["runtime"]["strategy"] == "fsdp"
+    assert max((on["fsdp"][k] - on["ddp"][k]).abs().max().item() for k in weights) < 1e-6
+    assert (
+        max((on["fsdp"][k] - checkpoint(tmp_path / "runs" / "single-fsdp", 3)[k]).abs().max().item() for k in weights)
+        > 1e-4
+    )
 
 
 @pytest.mark.slow

@@ -312,7 +312,12 @@ def _restore(session: _Session, resume_from: Path | None) -> None:
     for name, optimizer in session.optimizers.items():
         load_full_optimizer_state(session.originals[name], optimizer, state.optimizers[name])
         _state_in_parameter_layout(optimizer)
-    restore_rng(state.rng[fabric.global_rank])
+    if len(state.rng) == fabric.world_size:
+        restore_rng(state.rng[fabric.global_rank])
+    else:
+        # Resumed on another number of processes: no stream can continue, so each process
+        # draws a new one from the seed and the step (the run is no longer bit-exact).
+        fabric.seed_everything(seed * 7919 + 101 + fabric.global_rank + 1_000_003 * state.step, verbose=False)
     session.start, session.position, session.last = state.step, state.data_position, resume_from
 
 

@@ -33,8 +33,16 @@ from core import UserError
 from core.loader import LoadedRegistry
 
 # Fields a resumed run may change: extending training is what resuming is often for; compiled
-# and eager, sharded and whole runs, channels-last and contiguous weights write the same checkpoints.
-RESUMABLE_CHANGES = {"train.max_steps", "runtime.compile", "runtime.strategy", "runtime.memory_format"}
+# and eager, sharded and whole runs, channels-last and contiguous weights, runs on any number of
+# processes write the same checkpoints.
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "runtime.compile",
+    "runtime.strategy",
+    "runtime.memory_format",
+    "runtime.devices",
+    "runtime.num_nodes",
+}
 PARTIAL_PREFIX = ".tmp-"
 
 
