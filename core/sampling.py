@@ -156,6 +156,8 @@ def sample(
     init: Tensor | None = None,
     strength: float = 1.0,
     mask: Tensor | None = None,
+    resample: int = 1,
+    jump: int = 1,
 ) -> Tensor:
     """Draw samples (B, C, h, w) with ``sampler`` over ``levels`` (n + 1,) from :func:`sigmas`.
 
@@ -164,12 +166,15 @@ def sample(
     B, C, h, w) only the last ``int(n x strength)`` levels are visited, starting from
     init + sigma noise (img2img; strength 1 starts from noise at sigma_0 around ``init``,
     strength 0 returns ``init``). With ``mask`` (1 = keep ``init`` there) the kept region is
-    held by :func:`masked` at every step (inpainting; needs ``init``).
+    held by :func:`masked` at every step (inpainting; needs ``init``), and ``resample`` > 1
+    resamples the generated region as :func:`repaint` does, ``jump`` levels at a time.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if mask is not None and init is None:
         raise ValueError("a mask needs the latent it keeps: pass init")
+    if resample > 1 and mask is None:
+        raise ValueError("resampling harmonises a generated region with a kept one: pass mask")
     if init is None:
         x = noise * (1 + levels[0] ** 2).sqrt().to(noise.dtype)
         return _latent(sampler.sample(denoise, x, levels, generator=generator), levels[-1])
@@ -180,7 +185,29 @@ def sample(
     if mask is not None:
         denoise = masked(denoise, init, mask, noise)
     x = init + noise * levels[0].to(noise.dtype)
+    if resample > 1:
+        return _latent(repaint(sampler, denoise, x, levels, generator, resample, jump), levels[-1])
     return _latent(sampler.sample(denoise, x, levels, generator=generator), levels[-1])
+
+
+def repaint(
+    sampler: Sampler, denoise: DenoiseFn, x: Tensor, levels: Tensor, generator: Generators, times: int, jump: int
+) -> Tensor:
+    """RePaint's resampling (Lugmayr et al., 2022) around ``sampler``: the levels (n + 1,) are
+    walked ``jump`` intervals at a time, and each stretch is run ``times`` times, taken back up
+    to its first level with fresh noise between runs. Under replacement (:func:`masked`) each
+    rerun sees the kept region at levels where the last run had already committed the
+    generated one, which is how the two come to agree. x (B, C, h, w) is at ``levels[0]``. The
+    cost is ``times`` x that of running each stretch alone (a multistep sampler restarts its
+    history at each stretch)."""
+    for i in range(0, len(levels) - 1, jump):
+        stretch = levels[i : i + jump + 1]
+        for run in range(times):
+            y = sampler.sample(denoise, x, stretch, generator=generator)
+            if run < times - 1:
+                x = y + noise_like(y, generator) * (stretch[0] ** 2 - stretch[-1] ** 2).sqrt().to(y.dtype)
+        x = y
+    return x
 
 
 def _latent(x: Tensor, sigma: Tensor) -> Tensor:

@@ -142,3 +142,24 @@ def test_bad_init_is_one_clear_error_and_writes_nothing(cli, old_runs, tmp_path,
     assert code == 2, err
     assert message in err and err.count("\n") == 1, err
     assert not (old_runs / "bad").exists()
+
+
+def test_resampling_without_replacement_is_one_clear_error_and_writes_nothing(cli, old_runs, tmp_path):
+    save(tmp_path, "ok.png", digits(1)[0])
+    spec = sample_spec("bad", conditions={"label": [1]}, init={"images": [str(tmp_path / "ok.png")]})
+    spec["sampling"]["resample"] = 2
+    (tmp_path / "s.json").write_text(json.dumps(spec))
+    code, _, err = cli(tmp_path / "s.json")
+    assert code == 2, err
+    assert "sampling.resample: 2 resamples inpainting by replacement" in err and err.count("\n") == 1, err
+    assert not (old_runs / "bad").exists()
+
+
+def test_resampled_inpainting_keeps_the_kept_pixels_and_changes_the_hole(old_runs):
+    pipe = load("old-ldm", runs_dir=old_runs)
+    images = digits(2)
+    masks = torch.stack([random_mask((8, 8), torch.Generator().manual_seed(s), "box") for s in (5, 6)])
+    once = pipe.sample({"label": [1, 2]}, init=images, masks=masks, steps=4, seed=0)
+    again = pipe.sample({"label": [1, 2]}, init=images, masks=masks, steps=4, seed=0, resample=3)
+    assert torch.equal(again * (1 - masks), images * (1 - masks))
+    assert (again - once).mul(masks).abs().max() > 1e-2

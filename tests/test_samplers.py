@@ -301,3 +301,49 @@ def test_ddim_with_ldm_spacing_is_the_original_ddim_recursion():
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     torch.testing.assert_close(ours, x, rtol=1e-9, atol=1e-9)
+
+
+RHO = 0.95
+"""Correlation of the two coordinates of :func:`correlated`'s data."""
+
+
+def correlated(x, sigma):
+    """The exact denoiser of 2-d data N(0, [[1, RHO], [RHO, 1]]); x (B, 2)."""
+    cov = torch.tensor([[1.0, RHO], [RHO, 1.0]], dtype=x.dtype)
+    level = sigma.to(x.dtype).reshape(-1, 1, 1) ** 2
+    return (cov @ torch.linalg.inv(cov + level * torch.eye(2, dtype=x.dtype)) @ x.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY.names("sampler")))
+def test_resampling_makes_the_generated_part_agree_with_the_kept_one(name):
+    # Keep coordinate 0 of draws from the data and generate coordinate 1: the truth is
+    # b | a ~ N(RHO a, 1 - RHO^2). Replacement alone ties b to a only loosely (the kept value
+    # reaches the generated one through the denoiser late, when the noise is already small);
+    # RePaint's reruns bring the conditional close.
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(5_000, 2, dtype=torch.float64, generator=gen)
+    data[:, 1] = RHO * data[:, 0] + math.sqrt(1 - RHO**2) * data[:, 1]
+    noise = torch.randn(data.shape, dtype=torch.float64, generator=gen)
+    keep = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    levels = sigmas(SCHEDULE, 20, "logsnr")
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return correlated(x, sigma)
+
+    def residual(times, jump=1):
+        calls.clear()
+        out = sample(
+            build(name), counted, noise, levels, init=data, mask=keep, generator=gen, resample=times, jump=jump
+        )
+        assert torch.allclose(out[:, 0], data[:, 0], atol=1e-12)
+        return (out[:, 1] - RHO * out[:, 0]).var().item(), len(calls)
+
+    (once, evaluations), (ten, _) = residual(1), residual(10)
+    truth = 1 - RHO**2
+    assert once > 3 * truth
+    assert abs(ten - truth) < 0.25 * truth, (ten, truth)
+    assert residual(3, jump=len(levels) - 1)[1] == 3 * evaluations, "a stretch of the whole walk: 3 whole passes"
+    with pytest.raises(ValueError, match="pass mask"):
+        sample(build(name), counted, noise, levels, init=data, resample=2)

@@ -156,6 +156,7 @@ def _measure_inpainting(
     truth = torch.stack([e["image"] for e in examples])
     masks = torch.stack([binarise(e["mask"].float()) for e in examples])
     init = pipe.init(truth, 1.0, masks, count, "data.image")
+    pipe.check_resample(sampling, init)
     seeds = [spec.seed + i for i in range(count)]
     with tqdm(total=count, desc="inpainting", unit="image", dynamic_ncols=True) as bar:
         images = pipe.generate(sampling, conditions, seeds, spec.batch_size, bar.update, init)

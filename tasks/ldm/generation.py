@@ -60,7 +60,16 @@ def generate(
     if start is None:
         return sample(sampler, fn, noise, levels, generator=generator)
     return sample(
-        sampler, fn, noise, levels, generator=generator, init=start.latents, strength=start.strength, mask=start.keep
+        sampler,
+        fn,
+        noise,
+        levels,
+        generator=generator,
+        init=start.latents,
+        strength=start.strength,
+        mask=start.keep,
+        resample=sampling.resample,
+        jump=sampling.resample_jump,
     )
 
 
@@ -154,6 +163,14 @@ class Pipeline:
             raise UserError(problem)
         resolve_precision(sampling.precision, self.device, field.replace("steps", "precision"))
 
+    def check_resample(self, sampling: SamplingSpec, init: Init | None) -> None:
+        """Raise :class:`UserError` if ``sampling`` resamples what is not inpainting by replacement."""
+        if sampling.resample > 1 and (init is None or init.masks is None or self.inpaints):
+            raise UserError(
+                f"sampling.resample: {sampling.resample} resamples inpainting by replacement, and these images are "
+                "not that (no masks, or a model that reads the masked image); use 1"
+            )
+
     @property
     def device(self) -> torch.device:
         """Where the pipeline's models are."""
@@ -177,6 +194,7 @@ class Pipeline:
         With a :attr:`fabric` of several processes, each makes a consecutive share (image i
         still from seed i, so the images do not depend on how many processes there are) and
         every process gets them all back."""
+        self.check_resample(sampling, init)
         fabric = self.fabric
         if fabric is None or fabric.world_size == 1:
             return self._generate(sampling, conditions, seeds, batch_size, progress, init)

@@ -85,6 +85,14 @@ class SamplingSpec(SpecModel):
         ),
     )
     compile: bool = Field(False, description="torch.compile the denoiser first (minutes on a CPU).")
+    resample: PositiveInt = Field(
+        1,
+        description=(
+            "Inpainting by replacement only: run each stretch of resample_jump steps this many times, "
+            "re-noised in between (RePaint), so the hole comes to agree with the kept region; 1: once."
+        ),
+    )
+    resample_jump: PositiveInt = Field(1, description="Steps per resampled stretch (RePaint's jump length).")
 
     def record(self, device: torch.device) -> dict[str, Any]:
         """These settings as a manifest or report records them, for sampling on ``device`` (the
@@ -97,6 +105,8 @@ class SamplingSpec(SpecModel):
             "guidance": self.guidance,
             "precision": resolve_precision(self.precision, device),
             "compile": self.compile,
+            "resample": self.resample,
+            "resample_jump": self.resample_jump,
         }
 
 
