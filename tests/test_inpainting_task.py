@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.masks import masked_input, random_mask
 from tasks.api import load
+from tasks.ldm.generation import Pipeline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "old-ae"
 MASKED = {
@@ -95,6 +96,27 @@ def test_evaluate_judges_inside_the_hole_for_the_model_and_for_replacement(cli, 
         assert metrics["hole_psnr_gain_over_mean_fill"] == pytest.approx(
             metrics["hole_psnr"] - metrics["mean_fill_hole_psnr"], abs=1e-5
         )
+
+
+def test_evaluate_starts_replacement_from_the_masked_image_never_the_truth(cli, trained, monkeypatch):
+    # A start encoded from the whole image would carry the hole's content into the kept latent
+    # cells (the encoder sees past a cell), which the hole's PSNR would then reward.
+    monkeypatch.chdir(trained)
+    ensure(cli, trained, "plain-ldm", [])
+    seen = []
+    generate = Pipeline.generate
+
+    def spy(self, sampling, conditions, seeds, batch_size=16, progress=None, init=None):
+        seen.append(init)
+        return generate(self, sampling, conditions, seeds, batch_size, progress, init)
+
+    monkeypatch.setattr(Pipeline, "generate", spy)
+    spec = {"task": "evaluate", "name": "eval-start", "model": {"run": "plain-ldm"}, "num_images": 6}
+    run(cli, trained, {**spec, "runtime": {"accelerator": "cpu"}})
+    (init,) = seen
+    hole = init.masks.expand_as(init.images) == 1
+    assert hole.any() and torch.all(init.images[hole] == -1)
+    assert (init.images[~hole] > -1).any(), "the kept pixels are the image's"
 
 
 def test_sampling_from_files_shows_the_model_the_masked_image_and_keeps_the_rest(cli, trained, monkeypatch, tmp_path):

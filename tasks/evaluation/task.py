@@ -147,23 +147,25 @@ def _measure_inpainting(
 ) -> tuple[dict[str, float], dict[str, list[float]], Tensor]:
     """Fill the holes of the first ``num_images`` validation examples (their ``mask`` field):
     from the model's own view of them where it reads ``masked_image`` (an inpainting model),
-    else by replacement from the example's image; the kept pixels are the truth's either way
-    (see :meth:`Pipeline.generate`).
+    else by replacement; the kept pixels are the truth's either way (see
+    :meth:`Pipeline.generate`). Every method starts from the masked image, never the truth:
+    a replacement start encoded from the whole image carries the hole's content into the kept
+    latent cells through the encoder's receptive field (1.2 dB of hole PSNR on shapes).
     (metrics, no tables, a grid of results beside their masked inputs)."""
     count = min(spec.num_images, len(val))
     examples = [val[i] for i in range(count)]
     conditions = {key: [e[key] for e in examples] for key in fields}
     truth = torch.stack([e["image"] for e in examples])
     masks = torch.stack([binarise(e["mask"].float()) for e in examples])
-    init = pipe.init(truth, 1.0, masks, count, "data.image")
+    shown = masked_input(truth, masks)
+    init = pipe.init(shown[:, :-1], 1.0, masks, count, "data.image")
     pipe.check_resample(sampling, init)
     seeds = [spec.seed + i for i in range(count)]
     with tqdm(total=count, desc="inpainting", unit="image", dynamic_ncols=True) as bar:
         images = pipe.generate(sampling, conditions, seeds, spec.batch_size, bar.update, init)
     metrics: dict[str, Any] = {"method": "inpainting model" if pipe.inpaints else "replacement"}
     metrics.update(judges.inpainting(images, truth, masks))
-    shown = masked_input(truth[:50], masks[:50])
-    return metrics, {}, views.pairs(images[:50], [{MASKED_IMAGE: m} for m in shown])
+    return metrics, {}, views.pairs(images[:50], [{MASKED_IMAGE: m} for m in shown[:50]])
 
 
 def _first_stage_report(spec: EvaluateSpec, ctx: RunContext, data: Any) -> tuple[dict[str, Any], list, None]:
