@@ -196,6 +196,8 @@ def test_sample_writes_images_grid_and_a_manifest_that_regenerates_any_image(run
         "guidance": 3.0,
         "precision": "fp32",
         "compile": False,
+        "resample": 1,
+        "resample_jump": 1,
         "seed": 103,
     }
     assert Image.open(out / "grid.png").size == (2 * 8, 3 * 8)
