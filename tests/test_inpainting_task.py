@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core import UserError
 from core.masks import masked_input, random_mask
 from tasks.api import load
+from tasks.ldm import generation
 from tasks.ldm.generation import Pipeline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "old-ae"
@@ -131,6 +133,38 @@ def test_sampling_from_files_shows_the_model_the_masked_image_and_keeps_the_rest
     shown = masked_input(images, masks)
     direct = pipe.generate(pipe.sampling(steps=4), {"masked_image": list(shown)}, [5, 6])
     assert torch.equal(out * masks, direct * masks), "the same as giving the masked image as the condition"
+
+
+def test_hold_kept_holds_an_inpainting_models_kept_cells_to_the_start_and_is_refused_elsewhere(
+    cli, trained, monkeypatch
+):
+    monkeypatch.chdir(trained)
+    ensure(cli, trained, "inpaint-ldm", [INPAINTING])
+    ensure(cli, trained, "plain-ldm", [])
+    pipe = load("inpaint-ldm", runs_dir=trained / "runs")
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    masks = torch.stack([random_mask((8, 8), torch.Generator().manual_seed(s), "box") for s in (1, 2)])
+    seen = []
+    original = generation.generate
+
+    def spy(ldm, schedule, sampling, conditions, noise, generator=None, start=None):
+        out = original(ldm, schedule, sampling, conditions, noise, generator, start)
+        seen.append((start, out))
+        return out
+
+    monkeypatch.setattr(generation, "generate", spy)
+    free = pipe.sample(init=images, masks=masks, seed=5, steps=4)
+    held = pipe.sample(init=images, masks=masks, seed=5, steps=4, hold_kept=True)
+    (no_start, _), (start, latents) = seen
+    assert no_start is None and 0 < start.keep.mean() < 1
+    assert (latents - start.latents).mul(start.keep).abs().max() <= 1e-6
+    assert (latents - start.latents).mul(1 - start.keep).abs().max() > 1e-2, "the hole is generated"
+    assert torch.equal(held * (1 - masks), images * (1 - masks)) and not torch.equal(held, free)
+    plain = load("plain-ldm", runs_dir=trained / "runs")
+    with pytest.raises(UserError, match="sampling.hold_kept: true holds the kept cells of a model that reads"):
+        plain.sample(init=images, masks=masks, steps=4, hold_kept=True)
+    with pytest.raises(UserError, match="sampling.hold_kept"):
+        pipe.sample({"masked_image": list(masked_input(images, masks))}, steps=4, hold_kept=True)
 
 
 def manifest(run_dir):

@@ -164,11 +164,18 @@ class Pipeline:
         resolve_precision(sampling.precision, self.device, field.replace("steps", "precision"))
 
     def check_resample(self, sampling: SamplingSpec, init: Init | None) -> None:
-        """Raise :class:`UserError` if ``sampling`` resamples what is not inpainting by replacement."""
-        if sampling.resample > 1 and (init is None or init.masks is None or self.inpaints):
+        """Raise :class:`UserError` if ``sampling`` resamples or holds kept cells where nothing is
+        inpainted by replacement."""
+        masked = init is not None and init.masks is not None
+        if sampling.hold_kept and not (masked and self.inpaints):
+            raise UserError(
+                "sampling.hold_kept: true holds the kept cells of a model that reads the masked image, and these "
+                "images are not that (no masks, or a model that inpaints by replacement anyway); use false"
+            )
+        if sampling.resample > 1 and not (masked and (sampling.hold_kept or not self.inpaints)):
             raise UserError(
                 f"sampling.resample: {sampling.resample} resamples inpainting by replacement, and these images are "
-                "not that (no masks, or a model that reads the masked image); use 1"
+                "not that (no masks, or a model that reads the masked image without hold_kept); use 1"
             )
 
     @property
@@ -231,7 +238,8 @@ class Pipeline:
             part = self.init_part(init, start, chunk)
             if self.inpaints and part is not None and part.masks is not None:
                 batch.setdefault(MASKED_IMAGE, masked_input(part.images, part.masks).to(device))
-                begin = None  # the model sees the kept pixels itself, as the paper's inpainting samples
+                # The model sees the kept pixels itself, as the paper's inpainting samples; hold_kept adds replacement.
+                begin = self._start(part, chunk) if sampling.hold_kept else None
             else:
                 begin = self._start(part, chunk)
             latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, begin)

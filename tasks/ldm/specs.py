@@ -93,6 +93,13 @@ class SamplingSpec(SpecModel):
         ),
     )
     resample_jump: PositiveInt = Field(1, description="Steps per resampled stretch (RePaint's jump length).")
+    hold_kept: bool = Field(
+        False,
+        description=(
+            "Inpainting models: also hold the kept latent cells to the start image's latents by replacement, as "
+            "every other model inpaints (the paper's inpainting script does not); false: the model alone."
+        ),
+    )
 
     def record(self, device: torch.device) -> dict[str, Any]:
         """These settings as a manifest or report records them, for sampling on ``device`` (the
@@ -107,6 +114,7 @@ class SamplingSpec(SpecModel):
             "compile": self.compile,
             "resample": self.resample,
             "resample_jump": self.resample_jump,
+            "hold_kept": self.hold_kept,
         }
 
 
