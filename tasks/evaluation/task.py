@@ -159,7 +159,7 @@ def _measure_inpainting(
     masks = torch.stack([binarise(e["mask"].float()) for e in examples])
     shown = masked_input(truth, masks)
     init = pipe.init(shown[:, :-1], 1.0, masks, count, "data.image")
-    pipe.check_resample(sampling, init)
+    pipe.check_inpainting(sampling, init)
     seeds = [spec.seed + i for i in range(count)]
     with tqdm(total=count, desc="inpainting", unit="image", dynamic_ncols=True) as bar:
         images = pipe.generate(sampling, conditions, seeds, spec.batch_size, bar.update, init)

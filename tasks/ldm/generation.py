@@ -163,20 +163,24 @@ class Pipeline:
             raise UserError(problem)
         resolve_precision(sampling.precision, self.device, field.replace("steps", "precision"))
 
-    def check_resample(self, sampling: SamplingSpec, init: Init | None) -> None:
-        """Raise :class:`UserError` if ``sampling`` resamples or holds kept cells where nothing is
-        inpainted by replacement."""
+    def check_inpainting(self, sampling: SamplingSpec, init: Init | None) -> None:
+        """Raise :class:`UserError` if ``sampling`` asks for an inpainting option where it does
+        nothing: ``hold_kept`` without masks or for a model that inpaints by replacement anyway;
+        ``resample`` or ``keep_margin`` where no kept cells are held by replacement."""
         masked = init is not None and init.masks is not None
         if sampling.hold_kept and not (masked and self.inpaints):
             raise UserError(
                 "sampling.hold_kept: true holds the kept cells of a model that reads the masked image, and these "
                 "images are not that (no masks, or a model that inpaints by replacement anyway); use false"
             )
-        if sampling.resample > 1 and not (masked and (sampling.hold_kept or not self.inpaints)):
-            raise UserError(
-                f"sampling.resample: {sampling.resample} resamples inpainting by replacement, and these images are "
-                "not that (no masks, or a model that reads the masked image without hold_kept); use 1"
-            )
+        replaces = masked and (sampling.hold_kept or not self.inpaints)
+        for field, default in (("resample", 1), ("keep_margin", 0)):
+            value = getattr(sampling, field)
+            if value != default and not replaces:
+                raise UserError(
+                    f"sampling.{field}: {value} applies to inpainting by replacement, and these images are not "
+                    f"that (no masks, or a model that reads the masked image without hold_kept); use {default}"
+                )
 
     @property
     def device(self) -> torch.device:
@@ -201,7 +205,7 @@ class Pipeline:
         With a :attr:`fabric` of several processes, each makes a consecutive share (image i
         still from seed i, so the images do not depend on how many processes there are) and
         every process gets them all back."""
-        self.check_resample(sampling, init)
+        self.check_inpainting(sampling, init)
         fabric = self.fabric
         if fabric is None or fabric.world_size == 1:
             return self._generate(sampling, conditions, seeds, batch_size, progress, init)
@@ -239,9 +243,9 @@ class Pipeline:
             if self.inpaints and part is not None and part.masks is not None:
                 batch.setdefault(MASKED_IMAGE, masked_input(part.images, part.masks).to(device))
                 # The model sees the kept pixels itself, as the paper's inpainting samples; hold_kept adds replacement.
-                begin = self._start(part, chunk) if sampling.hold_kept else None
+                begin = self._start(part, chunk, sampling.keep_margin) if sampling.hold_kept else None
             else:
-                begin = self._start(part, chunk)
+                begin = self._start(part, chunk, sampling.keep_margin)
             latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, begin)
             images = self.space.decode(latents).cpu()
             if part is not None and part.masks is not None:
@@ -259,9 +263,10 @@ class Pipeline:
         masks = init.masks[start : start + len(chunk)] if init.masks is not None else None
         return Init(init.images[start : start + len(chunk)].float(), init.strength, masks)
 
-    def _start(self, init: Init | None, seeds: list[int]) -> LatentStart | None:
+    def _start(self, init: Init | None, seeds: list[int], margin: int = 0) -> LatentStart | None:
         """``init`` in latent space; each image encoded under its own seed (a first stage may
-        draw from its posterior), so an image is made again alone from its seed."""
+        draw from its posterior), so an image is made again alone from its seed; the kept cells
+        ``margin`` cells clear of the hole (:func:`core.masks.latent_keep_mask`)."""
         if init is None:
             return None
         device = self.space.mean.device
@@ -270,7 +275,9 @@ class Pipeline:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 latents.append(self.space.encode(image[None].to(device)))
-        keep = latent_keep_mask(init.masks, self.space.shape.factor).to(device) if init.masks is not None else None
+        if init.masks is None:
+            return LatentStart(torch.cat(latents), init.strength, None)
+        keep = latent_keep_mask(init.masks, self.space.shape.factor, margin).to(device)
         return LatentStart(torch.cat(latents), init.strength, keep)
 
     def sample(

@@ -164,7 +164,7 @@ def run(spec: SampleSpec, ctx: RunContext) -> None:
     conditions, described, count = _conditions(spec, pipe, examples)
     seeds = [spec.seed + i for i in range(count)]
     init, started = _init(spec, pipe, examples, seeds)
-    pipe.check_resample(spec.sampling, init)
+    pipe.check_inpainting(spec.sampling, init)
     mine = math.ceil(count / fabric.world_size)  # what this process makes (rank 0's progress shows)
     with tqdm(total=mine, desc=spec.name, unit="image", dynamic_ncols=True, disable=not fabric.is_global_zero) as bar:
         images = pipe.generate(spec.sampling, conditions, seeds, spec.batch_size, bar.update, init)
