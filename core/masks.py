@@ -105,15 +105,10 @@ def masked_input(images: Tensor, masks: Tensor) -> Tensor:
     return torch.cat([images * (1 - masks) - masks, 2 * masks - 1], dim=1)
 
 
-def latent_keep_mask(mask: Tensor, factor: int, margin: int = 0) -> Tensor:
+def latent_keep_mask(mask: Tensor, factor: int) -> Tensor:
     """The latent cells to keep (B, 1, H/f, W/f) for pixel masks (B, 1, H, W) (1: generate):
-    a cell is regenerated if any of its f x f pixels is in the hole, so the hole's edge is too,
-    and so is every cell within ``margin`` cells of those (the encoder sees past a cell, so a
-    kept cell beside the hole carries what the encoded image had in it)."""
-    hole = F.max_pool2d(mask, factor) if factor > 1 else mask
-    if margin:
-        hole = F.max_pool2d(hole, 2 * margin + 1, stride=1, padding=margin)
-    return 1 - hole
+    a cell is regenerated if any of its f x f pixels is in the hole, so the hole's edge is too."""
+    return 1 - F.max_pool2d(mask, factor) if factor > 1 else 1 - mask
 
 
 class RandomMasks(SpecModel):

@@ -45,15 +45,6 @@ def test_strength_0_gives_the_init_image_through_the_first_stage(old_runs):
     assert torch.allclose(out, torch.cat(expected), atol=1e-6)
 
 
-def test_a_keep_margin_regenerates_the_cells_around_the_hole_too():
-    hole = torch.zeros(1, 1, 8, 8)
-    hole[..., 2, 7] = 1  # one pixel: cell (1, 3) of a 4 x 4 latent at f=2
-    generated = [1 - latent_keep_mask(hole, 2, margin)[0, 0] for margin in (0, 1, 2)]
-    assert generated[0].nonzero().tolist() == [[1, 3]]
-    assert generated[1].nonzero().tolist() == [[r, c] for r in (0, 1, 2) for c in (2, 3)]
-    assert generated[2].sum() == 4 * 3, "clipped at the latent's edge"
-
-
 def test_replacement_keeps_the_init_latent_outside_the_hole(old_runs):
     pipe = load("old-ldm", runs_dir=old_runs)
     torch.manual_seed(0)

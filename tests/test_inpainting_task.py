@@ -135,9 +135,7 @@ def test_sampling_from_files_shows_the_model_the_masked_image_and_keeps_the_rest
     assert torch.equal(out * masks, direct * masks), "the same as giving the masked image as the condition"
 
 
-def test_hold_kept_and_keep_margin_hold_an_inpainting_models_kept_cells_and_are_refused_elsewhere(
-    cli, trained, monkeypatch
-):
+def test_hold_kept_holds_an_inpainting_models_kept_cells_and_lets_it_resample(cli, trained, monkeypatch):
     monkeypatch.chdir(trained)
     ensure(cli, trained, "inpaint-ldm", [INPAINTING])
     ensure(cli, trained, "plain-ldm", [])
@@ -155,20 +153,20 @@ def test_hold_kept_and_keep_margin_hold_an_inpainting_models_kept_cells_and_are_
     monkeypatch.setattr(generation, "generate", spy)
     free = pipe.sample(init=images, masks=masks, seed=5, steps=4)
     held = pipe.sample(init=images, masks=masks, seed=5, steps=4, hold_kept=True)
-    pipe.sample(init=images, masks=masks, seed=5, steps=4, hold_kept=True, keep_margin=1)
-    (no_start, _), (start, latents), (clear, _) = seen
+    (no_start, _), (start, latents) = seen
     assert no_start is None and 0 < start.keep.mean() < 1
     assert (latents - start.latents).mul(start.keep).abs().max() <= 1e-6
     assert (latents - start.latents).mul(1 - start.keep).abs().max() > 1e-2, "the hole is generated"
-    assert torch.all(clear.keep <= start.keep) and clear.keep.sum() < start.keep.sum()
     assert torch.equal(held * (1 - masks), images * (1 - masks)) and not torch.equal(held, free)
     plain = load("plain-ldm", runs_dir=trained / "runs")
     with pytest.raises(UserError, match="sampling.hold_kept: true holds the kept cells of a model that reads"):
         plain.sample(init=images, masks=masks, steps=4, hold_kept=True)
     with pytest.raises(UserError, match="sampling.hold_kept"):
         pipe.sample({"masked_image": list(masked_input(images, masks))}, steps=4, hold_kept=True)
-    with pytest.raises(UserError, match="sampling.keep_margin: 1 applies to inpainting by replacement"):
-        pipe.sample(init=images, masks=masks, steps=4, keep_margin=1)
+    with pytest.raises(UserError, match="sampling.resample: 3 applies to inpainting by replacement"):
+        pipe.sample(init=images, masks=masks, steps=4, resample=3)
+    resampled = pipe.sample(init=images, masks=masks, seed=5, steps=4, hold_kept=True, resample=2)
+    assert torch.equal(resampled * (1 - masks), held * (1 - masks)) and not torch.equal(resampled, held)
 
 
 def manifest(run_dir):

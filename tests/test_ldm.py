@@ -198,7 +198,6 @@ def test_sample_writes_images_grid_and_a_manifest_that_regenerates_any_image(run
         "compile": False,
         "resample": 1,
         "resample_jump": 1,
-        "keep_margin": 0,
         "hold_kept": False,
         "seed": 103,
     }

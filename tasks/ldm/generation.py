@@ -166,21 +166,18 @@ class Pipeline:
     def check_inpainting(self, sampling: SamplingSpec, init: Init | None) -> None:
         """Raise :class:`UserError` if ``sampling`` asks for an inpainting option where it does
         nothing: ``hold_kept`` without masks or for a model that inpaints by replacement anyway;
-        ``resample`` or ``keep_margin`` where no kept cells are held by replacement."""
+        ``resample`` where no kept cells are held by replacement."""
         masked = init is not None and init.masks is not None
         if sampling.hold_kept and not (masked and self.inpaints):
             raise UserError(
                 "sampling.hold_kept: true holds the kept cells of a model that reads the masked image, and these "
                 "images are not that (no masks, or a model that inpaints by replacement anyway); use false"
             )
-        replaces = masked and (sampling.hold_kept or not self.inpaints)
-        for field, default in (("resample", 1), ("keep_margin", 0)):
-            value = getattr(sampling, field)
-            if value != default and not replaces:
-                raise UserError(
-                    f"sampling.{field}: {value} applies to inpainting by replacement, and these images are not "
-                    f"that (no masks, or a model that reads the masked image without hold_kept); use {default}"
-                )
+        if sampling.resample > 1 and not (masked and (sampling.hold_kept or not self.inpaints)):
+            raise UserError(
+                f"sampling.resample: {sampling.resample} applies to inpainting by replacement, and these images are "
+                "not that (no masks, or a model that reads the masked image without hold_kept); use 1"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -243,9 +240,9 @@ class Pipeline:
             if self.inpaints and part is not None and part.masks is not None:
                 batch.setdefault(MASKED_IMAGE, masked_input(part.images, part.masks).to(device))
                 # The model sees the kept pixels itself, as the paper's inpainting samples; hold_kept adds replacement.
-                begin = self._start(part, chunk, sampling.keep_margin) if sampling.hold_kept else None
+                begin = self._start(part, chunk) if sampling.hold_kept else None
             else:
-                begin = self._start(part, chunk, sampling.keep_margin)
+                begin = self._start(part, chunk)
             latents = generate(self.ldm, self.schedule, sampling, batch, noise, generators, begin)
             images = self.space.decode(latents).cpu()
             if part is not None and part.masks is not None:
@@ -263,10 +260,9 @@ class Pipeline:
         masks = init.masks[start : start + len(chunk)] if init.masks is not None else None
         return Init(init.images[start : start + len(chunk)].float(), init.strength, masks)
 
-    def _start(self, init: Init | None, seeds: list[int], margin: int = 0) -> LatentStart | None:
+    def _start(self, init: Init | None, seeds: list[int]) -> LatentStart | None:
         """``init`` in latent space; each image encoded under its own seed (a first stage may
-        draw from its posterior), so an image is made again alone from its seed; the kept cells
-        ``margin`` cells clear of the hole (:func:`core.masks.latent_keep_mask`)."""
+        draw from its posterior), so an image is made again alone from its seed."""
         if init is None:
             return None
         device = self.space.mean.device
@@ -277,7 +273,7 @@ class Pipeline:
                 latents.append(self.space.encode(image[None].to(device)))
         if init.masks is None:
             return LatentStart(torch.cat(latents), init.strength, None)
-        keep = latent_keep_mask(init.masks, self.space.shape.factor, margin).to(device)
+        keep = latent_keep_mask(init.masks, self.space.shape.factor).to(device)
         return LatentStart(torch.cat(latents), init.strength, keep)
 
     def sample(

@@ -93,14 +93,6 @@ class SamplingSpec(SpecModel):
         ),
     )
     resample_jump: PositiveInt = Field(1, description="Steps per resampled stretch (RePaint's jump length).")
-    keep_margin: NonNegativeInt = Field(
-        0,
-        description=(
-            "Inpainting with kept latent cells (replacement, hold_kept): also regenerate the cells within this many "
-            "of the hole; the encoder sees past each cell, so a kept cell beside the hole carries the encoded "
-            "image's content there (the object to remove, or the masked image's fill)."
-        ),
-    )
     hold_kept: bool = Field(
         False,
         description=(
@@ -122,7 +114,6 @@ class SamplingSpec(SpecModel):
             "compile": self.compile,
             "resample": self.resample,
             "resample_jump": self.resample_jump,
-            "keep_margin": self.keep_margin,
             "hold_kept": self.hold_kept,
         }
 
